@@ -1,0 +1,145 @@
+"""Building blocks shared by the networks of kfjax (Flax Linen, channel-last).
+
+Every block works for 2-D inputs `(B, H, W, C)` and 3-D inputs `(B, D, H, W, C)`; the number of
+spatial dimensions is read from the input. Upsampling never uses a transposed convolution: on XLA
+its weight gradient is several times slower than its forward pass, so we resize (or pixel-shuffle)
+and convolve instead.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NORMS = ("batch", "group", "instance", "layer", "none")
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "leaky_relu": lambda x: nn.leaky_relu(x, 0.2),
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "tanh": jnp.tanh,
+    "none": lambda x: x,
+}
+
+
+class Norm(nn.Module):
+    """Normalisation by name: batch (running statistics), group, instance, layer or none.
+
+    `group` uses `min(groups, C)` groups; `instance` normalises each channel of each sample over space;
+    `layer` normalises each sample over space and channels (the ADN "layer norm").
+    """
+
+    kind: str = "group"
+    groups: int = 8
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        channels = x.shape[-1]
+        if self.kind == "batch":
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        if self.kind == "group":
+            groups = min(self.groups, channels)
+            while channels % groups:
+                groups -= 1
+            return nn.GroupNorm(num_groups=groups, epsilon=1e-5)(x)
+        if self.kind == "instance":
+            return nn.GroupNorm(num_groups=channels, epsilon=1e-5)(x)
+        if self.kind == "layer":
+            return nn.LayerNorm(reduction_axes=tuple(range(1, x.ndim)), feature_axes=-1, epsilon=1e-5)(x)
+        if self.kind == "none":
+            return x
+        raise ValueError(f"unknown norm {self.kind!r}; choose one of {NORMS}")
+
+
+class ConvNormAct(nn.Module):
+    """Convolution ('SAME' padding) -> normalisation -> activation."""
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    norm: str = "group"
+    act: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        dims = x.ndim - 2
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size,) * dims,
+            strides=(self.strides,) * dims,
+            padding="SAME",
+            use_bias=self.norm in ("none", "layer"),
+        )(x)
+        x = Norm(self.norm)(x, train)
+        return ACTIVATIONS[self.act](x)
+
+
+class DoubleConv(nn.Module):
+    """Two 3x3 ConvNormAct blocks: the U-Net's per-level unit."""
+
+    features: int
+    norm: str = "group"
+    act: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = ConvNormAct(self.features, norm=self.norm, act=self.act)(x, train)
+        return ConvNormAct(self.features, norm=self.norm, act=self.act)(x, train)
+
+
+def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
+    """Nearest-neighbour upsampling of every spatial axis by an integer factor, as broadcast+reshape."""
+    batch, *spatial, channels = x.shape
+    for axis in range(1, len(spatial) + 1):
+        x = jnp.repeat(x, factor, axis=axis)
+    return x
+
+
+def pixel_shuffle(x: jax.Array, factor: int = 2) -> jax.Array:
+    """Depth-to-space: `(B, *S, C * f**d) -> (B, *(s * f), C)`."""
+    batch, *spatial, channels = x.shape
+    dims = len(spatial)
+    out_channels = channels // factor**dims
+    x = x.reshape(batch, *spatial, *(factor,) * dims, out_channels)
+    # interleave each spatial axis with its factor axis
+    order = [0]
+    for i in range(dims):
+        order += [1 + i, 1 + dims + i]
+    order.append(1 + 2 * dims)
+    x = x.transpose(order)
+    return x.reshape(batch, *(s * factor for s in spatial), out_channels)
+
+
+class Upsample(nn.Module):
+    """x2 upsampling followed by a 3x3 convolution to `features` channels.
+
+    mode: "nearest" (repeat, then conv), "linear" (bi/trilinear resize, then conv) or
+    "pixelshuffle" (conv to features*2^d channels, then depth-to-space).
+    """
+
+    features: int
+    mode: str = "nearest"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dims = x.ndim - 2
+        if self.mode == "pixelshuffle":
+            x = nn.Conv(self.features * 2**dims, (3,) * dims, padding="SAME")(x)
+            return pixel_shuffle(x, 2)
+        if self.mode == "nearest":
+            x = upsample_nearest(x, 2)
+        elif self.mode == "linear":
+            shape = (x.shape[0], *(s * 2 for s in x.shape[1:-1]), x.shape[-1])
+            x = jax.image.resize(x, shape, method="linear")
+        else:
+            raise ValueError(f"unknown upsample mode {self.mode!r}; choose nearest, linear or pixelshuffle")
+        return nn.Conv(self.features, (3,) * dims, padding="SAME")(x)
+
+
+def max_pool(x: jax.Array, factor: int = 2) -> jax.Array:
+    """Max pooling by `factor` over every spatial axis."""
+    dims = x.ndim - 2
+    return nn.max_pool(x, (factor,) * dims, strides=(factor,) * dims)

@@ -1,0 +1,42 @@
+"""Optimisers from an OptimConfig: Adam/AdamW/SGD, warm-up, constant/cosine/step schedules, clipping."""
+
+from __future__ import annotations
+
+import optax
+
+from kfjax.config import OptimConfig
+from kfjax.errors import ConfigError
+
+
+def learning_rate(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Learning rate per step."""
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(cfg.lr)
+    elif cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(cfg.lr, max(total_steps - cfg.warmup_steps, 1))
+    elif cfg.schedule == "step":
+        if cfg.decay_every <= 0:
+            raise ConfigError("optim.schedule=step needs optim.decay_every > 0")
+        main = optax.exponential_decay(cfg.lr, cfg.decay_every, cfg.decay_factor, staircase=True)
+    else:
+        raise ConfigError(f"unknown optim.schedule '{cfg.schedule}'; choose constant, cosine or step")
+    if cfg.warmup_steps:
+        warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+        return optax.join_schedules([warmup, main], [cfg.warmup_steps])
+    return main
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """The optax transform of one parameter group."""
+    lr = learning_rate(cfg, total_steps)
+    if cfg.name == "adam":
+        opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
+    elif cfg.name == "adamw":
+        opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    elif cfg.name == "sgd":
+        opt = optax.sgd(lr, momentum=cfg.b1)
+    else:
+        raise ConfigError(f"unknown optim.name '{cfg.name}'; choose adam, adamw or sgd")
+    if cfg.grad_clip > 0:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+    return opt

@@ -1,0 +1,38 @@
+"""DI2IN: a jitted, sharded step lowers the loss on a fixed batch; 3-D works; training reaches Dice 0.9."""
+
+import jax
+import numpy as np
+import pytest
+
+from kfjax.config import apply_overrides
+from kfjax.methods.di2in import DI2INConfig, DI2INMethod
+from kfjax.train.loop import evaluate, init_train_state, train
+from kfjax.train.mesh import make_mesh, shard_batch, to_host
+from kfjax.train.step import make_train_step
+
+
+@pytest.mark.parametrize("dims,size", [(2, 32), (3, 16)])
+def test_step_lowers_loss_on_a_fixed_batch(dims, size):
+    cfg = apply_overrides(DI2INConfig(), [f"data.spatial_dims={dims}", f"data.size={size}", "data.n_train=8",
+                                          "data.batch_size=4", "model.channels=4,8,16", "optim.warmup_steps=0",
+                                          "optim.schedule=constant"])
+    method = DI2INMethod(cfg)
+    mesh = make_mesh()
+    batch = method.dataset("train")[np.arange(4)]
+    state = init_train_state(method, mesh, batch)
+    step = make_train_step(method.train_step, mesh)
+    losses = []
+    for _ in range(10):
+        state, metrics = step(state, shard_batch(batch, mesh))
+        losses.append(float(to_host(metrics)["loss"]))
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert "model" in state.batch_stats
+
+
+@pytest.mark.slow
+def test_default_recipe_reaches_dice_090_on_held_out_phantoms(tmp_path):
+    """The experiment's claim, at a reduced size so it fits the test budget (full run: experiments/di2in)."""
+    cfg = apply_overrides(DI2INConfig(), ["data.size=32", "data.n_train=256", "data.n_val=32", "train.steps=200"])
+    result = train(DI2INMethod(cfg), tmp_path, progress=False)
+    assert result.eval_metrics["dice"] >= 0.90, result.eval_metrics
+    assert result.eval_metrics["asd"] < 1.5
