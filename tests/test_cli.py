@@ -43,6 +43,7 @@ def test_train_writes_run_and_eval_reads_it(trained, capsys):
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [2, 4]
     assert any(r["split"] == "val" and "dice" in r for r in records)
+    assert list((trained / "tb").glob("events.out.tfevents.*")), "TensorBoard events with tensorboardX installed"
     assert main(["eval", "di2in", "--workdir", str(trained)]) == 0
     out = capsys.readouterr().out
     assert "| dice |" in out and "| asd |" in out

@@ -131,20 +131,17 @@ def train(
     """Train `method` in `workdir`, resuming from its latest readable checkpoint."""
     cfg = method.config
     workdir = Path(workdir)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _check_workdir_config(workdir, method)
-        save_json(cfg, workdir / "config.json", method=method.name)
     mesh = make_mesh()
     global_batch = cfg.data.batch_size
     check_batch_size(global_batch, mesh)
-    if global_batch % jax.process_count():
-        raise ConfigError(f"batch size {global_batch} does not split over {jax.process_count()} processes")
     rows = process_slice(global_batch)
     total = cfg.train.steps
-
     train_data = method.dataset("train")
     sampler = EpochSampler(len(train_data), global_batch, cfg.seed)
+    if jax.process_index() == 0:  # only a valid run touches the workdir
+        _check_workdir_config(workdir, method)
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_json(cfg, workdir / "config.json", method=method.name)
     state = init_train_state(method, mesh, train_data[sampler.indices(0)[rows]])
     checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
     restored = checkpoints.restore_latest(state, warn=notice)
@@ -154,7 +151,7 @@ def train(
     start = int(to_host(state.step))
 
     train_step = make_train_step(method.train_step, mesh)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=start)
     bar = Progress(start, total, enabled=progress)
     loader = BatchLoader(train_data, sampler, start, total, rows=rows)
     sums: dict[str, float] = {}

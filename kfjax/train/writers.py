@@ -21,9 +21,15 @@ def _scalar(v: Any) -> float:
 class MetricWriter:
     """Append `{"step": s, "split": ..., name: value}` lines to workdir/metrics.jsonl (+ TensorBoard)."""
 
-    def __init__(self, workdir: str | Path, tensorboard: bool = True):
+    def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
+        """Records after `resume_step` (logged by a run that died before its next checkpoint) are dropped."""
         self.enabled = jax.process_index() == 0
         self.path = Path(workdir) / "metrics.jsonl"
+        if self.enabled:
+            kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= resume_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.replace(self.path)
         self._file = open(self.path, "a") if self.enabled else None
         self._tb = None
         if self.enabled and tensorboard:

@@ -14,6 +14,7 @@ import pytest
 from kfjax.cli import build_method
 from kfjax.train.loop import restore_for_eval
 from kfjax.train.mesh import to_host
+from kfjax.train.writers import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +74,8 @@ def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from the checkpoint at step {saved[-1]}" in resumed.stderr
     _assert_same(_final_params(tmp_path), reference)
+    logged = [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert logged == list(range(10, STEPS + 1, 10)), "steps logged after the checkpoint are not duplicated"
 
 
 def test_sigterm_saves_then_resume_matches(reference, tmp_path):
