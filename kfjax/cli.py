@@ -238,6 +238,8 @@ def parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", required=True)
     inf.add_argument("--no-progress", action="store_true")
     inf.set_defaults(func=cmd_infer)
+    from kfjax.data.commands import add_data_parser
+    add_data_parser(sub)
     return p
 
 

@@ -28,6 +28,7 @@ from kfjax.config import save_json, to_dict
 from kfjax.data.pipeline import BatchLoader, EpochSampler, eval_batches
 from kfjax.errors import ConfigError, KfjaxError
 from kfjax.methods.base import Method
+from kfjax.metrics import Mean, merge_metrics
 from kfjax.train.checkpoint import Checkpointer
 from kfjax.train.mesh import check_batch_size, make_mesh, process_slice, replicated, shard_batch, to_host
 from kfjax.train.state import TrainState
@@ -250,24 +251,18 @@ def evaluate(method: Method, state: TrainState, mesh=None, split: str = "val") -
     eval_step = make_eval_step(method.eval_step, mesh)
     host = type(method).host_metrics is not Method.host_metrics
     predict_step = make_predict_step(method.predict, mesh) if host else None
-    sums: dict[str, list[float]] = {}
+    totals: dict[str, Mean] = {}
     for batch in eval_batches(method.dataset(split), batch_size, rows):
         device_batch = shard_batch(batch, mesh)
-        for name, (s, c) in to_host(eval_step(state, device_batch)).items():
-            acc = sums.setdefault(name, [0.0, 0.0])
-            acc[0] += float(s)
-            acc[1] += float(c)
+        totals = merge_metrics(totals, to_host(eval_step(state, device_batch)))
         if host:
             outputs = multihost_utils.process_allgather(predict_step(state, device_batch), tiled=True)
             full = multihost_utils.process_allgather(batch, tiled=True)
-            valid = full["_valid"] > 0
             for name, values in method.host_metrics(full, outputs).items():
                 values = np.asarray(values, np.float64)
-                ok = valid & np.isfinite(values)
-                acc = sums.setdefault(name, [0.0, 0.0])
-                acc[0] += float(values[ok].sum())
-                acc[1] += float(ok.sum())
-    return {name: s / c if c else float("nan") for name, (s, c) in sums.items()}
+                ok = (full["_valid"] > 0) & np.isfinite(values)
+                totals = merge_metrics(totals, {name: Mean(np.sum(values, where=ok), np.sum(ok))})
+    return {name: float(mean.compute()) for name, mean in totals.items()}
 
 
 def restore_for_eval(method: Method, workdir: str | Path) -> TrainState:

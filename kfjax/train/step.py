@@ -4,26 +4,39 @@ A method writes plain functions; these factories add the step counter, the per-s
 shardings (batch `P("data")`, state replicated) and the donation of the old state:
 
     step_fn(state, batch, key) -> (state, metrics)       # make_train_step
-    eval_fn(state, batch) -> {name: (B,) values}          # make_eval_step (adds exact sums/counts)
+    eval_fn(state, batch) -> {name: (B,) values}          # make_eval_step (exact sums/counts as Mean)
     predict_fn(state, batch) -> {name: (B, ...) arrays}   # make_predict_step
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from kfjax.metrics import Mean
 from kfjax.train.mesh import data_sharding, replicated
 from kfjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
 
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+"""On CPU, XLA's YNNPACK convolution fusions make weight gradients 3-5x slower than its Eigen path
+(benchmarks/README.md); kfjax turns them off for its steps. Set KFJAX_CPU_YNN=1 to keep XLA's default."""
+
 VALID_KEY = "_valid"
 """Optional batch entry `(B,)` of 0/1: rows added to fill the last eval batch carry 0."""
+
+
+def compiler_options(mesh: Mesh) -> dict[str, str] | None:
+    """XLA options for steps compiled for `mesh` (only CPU meshes get any)."""
+    if mesh.devices.flat[0].platform == "cpu" and os.environ.get("KFJAX_CPU_YNN", "0") != "1":
+        return dict(CPU_COMPILER_OPTIONS)
+    return None
 
 
 def make_train_step(step_fn: StepFn, mesh: Mesh) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
@@ -44,11 +57,12 @@ def make_train_step(step_fn: StepFn, mesh: Mesh) -> Callable[[TrainState, Batch]
         in_shardings=(repl, data_sharding(mesh)),
         out_shardings=(repl, repl),
         donate_argnums=0,
+        compiler_options=compiler_options(mesh),
     )
 
 
 def make_eval_step(eval_fn: Callable[[TrainState, Batch], dict[str, jax.Array]], mesh: Mesh):
-    """jit(eval) returning `{name: (sum, count)}` over the valid rows of the global batch.
+    """jit(eval) returning `{name: Mean}` (sum and count) over the valid, finite rows of the global batch.
 
     Summing (value, 1) pairs rather than averaging per batch keeps the mean over a whole data set exact,
     across devices, processes and a padded last batch.
@@ -58,23 +72,15 @@ def make_eval_step(eval_fn: Callable[[TrainState, Batch], dict[str, jax.Array]],
         values = eval_fn(state, batch)
         some = next(iter(batch.values()))
         valid = batch.get(VALID_KEY, jnp.ones(some.shape[:1], jnp.float32)).astype(jnp.float32)
-        out = {}
-        for name, v in values.items():
-            v = v.astype(jnp.float32)
-            ok = valid * jnp.isfinite(v)
-            out[name] = (jnp.sum(jnp.where(ok > 0, v, 0.0) * ok), jnp.sum(ok))
-        return out
+        return {name: Mean.from_values(v, valid * jnp.isfinite(v)) for name, v in values.items()}
 
     repl = replicated(mesh)
-    return jax.jit(eval_step, in_shardings=(repl, data_sharding(mesh)), out_shardings=repl)
+    return jax.jit(eval_step, in_shardings=(repl, data_sharding(mesh)), out_shardings=repl,
+                   compiler_options=compiler_options(mesh))
 
 
 def make_predict_step(predict_fn: Callable[[TrainState, Batch], dict[str, jax.Array]], mesh: Mesh):
     """jit(predict) with outputs sharded like the batch."""
     sharding = data_sharding(mesh)
-    return jax.jit(predict_fn, in_shardings=(replicated(mesh), sharding), out_shardings=sharding)
-
-
-def init_state(init_fn: Callable[..., TrainState], mesh: Mesh, *args: Any) -> TrainState:
-    """Run `init_fn(*args)` under jit with a replicated result (same values on every device/process)."""
-    return jax.jit(init_fn, out_shardings=replicated(mesh))(*args)
+    return jax.jit(predict_fn, in_shardings=(replicated(mesh), sharding), out_shardings=sharding,
+                   compiler_options=compiler_options(mesh))

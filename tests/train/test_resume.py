@@ -18,9 +18,9 @@ from kfjax.train.writers import read_metrics
 
 pytestmark = pytest.mark.slow
 
-STEPS = 300
+STEPS = 150
 SETTINGS = ["data.size=16", "data.n_train=64", "data.n_val=8", "data.batch_size=4", "model.channels=4,8",
-            f"train.steps={STEPS}", "train.checkpoint_every=10", "train.log_every=10", "train.keep_checkpoints=2"]
+            f"train.steps={STEPS}", "train.checkpoint_every=5", "train.log_every=5", "train.keep_checkpoints=2"]
 
 
 def _command(workdir: Path) -> list[str]:
@@ -75,7 +75,7 @@ def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path):
     assert f"resuming from the checkpoint at step {saved[-1]}" in resumed.stderr
     _assert_same(_final_params(tmp_path), reference)
     logged = [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"]
-    assert logged == list(range(10, STEPS + 1, 10)), "steps logged after the checkpoint are not duplicated"
+    assert logged == list(range(5, STEPS + 1, 5)), "steps logged after the checkpoint are not duplicated"
 
 
 def test_sigterm_saves_then_resume_matches(reference, tmp_path):

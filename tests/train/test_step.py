@@ -125,7 +125,7 @@ def test_eval_step_exact_sums_with_padding(n_devices):
     valid = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
     step = make_eval_step(lambda s, b: {"v": b["v"] * 2.0}, mesh)
     out = to_host(step(state, shard_batch({"v": values, "_valid": valid}, mesh)))
-    assert float(out["v"][0]) == 2.0 * (0 + 1 + 2 + 3 + 4) and float(out["v"][1]) == 5.0
+    assert float(out["v"].total) == 2.0 * (0 + 1 + 2 + 3 + 4) and float(out["v"].count) == 5.0
     pred = make_predict_step(lambda s, b: {"y": b["v"] + 1}, mesh)(state, shard_batch({"v": values}, mesh))
     assert pred["y"].sharding == data_sharding(mesh)
     np.testing.assert_array_equal(np.asarray(pred["y"]), values + 1)

