@@ -12,7 +12,6 @@ spacing 1) of the thresholded fused output. The adversarial shape prior (DI2IN-A
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

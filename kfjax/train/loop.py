@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ class TrainingError(KfjaxError):
 
 @dataclasses.dataclass
 class TrainResult:
-    """How a run ended: status is "completed", "interrupted" (signal) or "resumed-complete"."""
+    """How a run ended: status is "completed" or "interrupted" (by SIGTERM/SIGINT, after a checkpoint)."""
 
     state: TrainState
     status: str
@@ -127,7 +127,6 @@ def train(
     *,
     progress: bool = True,
     evaluate_at_end: bool = True,
-    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train `method` in `workdir`, resuming from its latest readable checkpoint."""
     cfg = method.config
@@ -200,8 +199,6 @@ def train(
                 state, metrics = train_step(state, shard_batch(batch, mesh))
                 settle()
                 pending = (step + 1, metrics)
-                if on_step is not None:
-                    on_step(step + 1)
                 if (step + 1) % cfg.train.checkpoint_every == 0:
                     save()
                 if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < total:
@@ -213,22 +210,20 @@ def train(
             settle()
             save()
             checkpoints.wait()
+        if status == "interrupted":
+            notice(f"stopped by signal at step {int(to_host(state.step))}; checkpoint saved; "
+                   "run the same command to resume")
+            return TrainResult(state, status, {})
+        eval_metrics = {}
+        if evaluate_at_end:
+            eval_metrics = evaluate(method, state, mesh, "val")
+            writer.write(int(to_host(state.step)), eval_metrics, split="val")
+        return TrainResult(state, status, eval_metrics)
     finally:
         loader.close()
         bar.close()
         checkpoints.close()
-
-    if status == "interrupted":
-        notice(f"stopped by signal at step {int(to_host(state.step))}; checkpoint saved; "
-               "run the same command to resume")
         writer.close()
-        return TrainResult(state, status, {})
-    eval_metrics = {}
-    if evaluate_at_end:
-        eval_metrics = evaluate(method, state, mesh, "val")
-        writer.write(int(to_host(state.step)), eval_metrics, split="val")
-    writer.close()
-    return TrainResult(state, status, eval_metrics)
 
 
 def _should_stop(stop: _StopFlag, step: int, every: int) -> bool:

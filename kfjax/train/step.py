@@ -11,7 +11,7 @@ shardings (batch `P("data")`, state replicated) and the donation of the old stat
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,5 @@
 """`kfjax train` killed (SIGKILL) or stopped (SIGTERM) mid-run resumes to the same parameters."""
 
-import os
 import signal
 import subprocess
 import sys
