@@ -23,7 +23,8 @@ RUNS = [
     ("2-D 64², seed 0", ["seed=0"]),
     ("2-D 64², seed 1", ["seed=1"]),
     ("2-D 64², seed 2", ["seed=2"]),
-    ("3-D 32³, seed 0", ["seed=0", "data.spatial_dims=3", "data.size=32", "data.n_train=256", "data.batch_size=4"]),
+    ("3-D 24³, seed 0", ["seed=0", "data.spatial_dims=3", "data.size=24", "data.n_train=128", "data.batch_size=4",
+                         "model.channels=8,16,32,64", "train.steps=200"]),
 ]
 
 
