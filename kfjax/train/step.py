@@ -25,8 +25,8 @@ Batch = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
 
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-"""On CPU, XLA's YNNPACK convolution fusions make weight gradients 3-5x slower than its Eigen path
-(benchmarks/README.md); kfjax turns them off for its steps. Set KFJAX_CPU_YNN=1 to keep XLA's default."""
+"""On CPU, XLA's YNNPACK convolution fusions make a U-Net train step about 3x slower than XLA's own
+convolutions (benchmarks/README.md); kfjax turns them off for its steps. KFJAX_CPU_YNN=1 keeps XLA's default."""
 
 VALID_KEY = "_valid"
 """Optional batch entry `(B,)` of 0/1: rows added to fill the last eval batch carry 0."""
