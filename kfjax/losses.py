@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from kfjax.errors import InputError
+from kfjax.metrics import broadcast_mask
 
 __all__ = [
     "l1_loss", "l2_loss", "bce_with_logits", "softmax_cross_entropy", "soft_dice_loss",
@@ -32,25 +33,11 @@ def _float(x):
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
-def _broadcast_mask(mask, shape, dtype):
-    """`mask` aligned on the leading axes and broadcast to `shape`."""
-    m = jnp.asarray(mask)
-    if m.ndim > len(shape):
-        raise InputError(f"mask has shape {m.shape}, more axes than the loss {tuple(shape)};"
-                         " pass a mask of the data shape")
-    m = m.reshape(m.shape + (1,) * (len(shape) - m.ndim))
-    try:
-        return jnp.broadcast_to(m, shape).astype(dtype)
-    except ValueError:
-        raise InputError(f"mask of shape {m.shape} does not fit data of shape {tuple(shape)};"
-                         " pass a mask of the data shape") from None
-
-
 def _reduce(loss, reduction: str, mask=None):
     """Reduce an elementwise loss, averaging over the mask when one is given."""
     _check_reduction(reduction)
     if mask is not None:
-        m = _broadcast_mask(mask, loss.shape, loss.dtype)
+        m = broadcast_mask(mask, loss.shape, loss.dtype)
         loss = loss * m
         if reduction == "mean":
             return jnp.sum(loss) / jnp.maximum(jnp.sum(m), 1e-12)

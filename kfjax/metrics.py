@@ -38,7 +38,7 @@ def _pair(pred, target):
     return pred.astype(dtype), target.astype(dtype)
 
 
-def _broadcast_mask(mask, shape, dtype=jnp.float32):
+def broadcast_mask(mask, shape, dtype=jnp.float32):
     """`mask` aligned on the leading axes and broadcast to `shape` (missing trailing axes are added)."""
     m = jnp.asarray(mask)
     if m.ndim > len(shape):
@@ -56,7 +56,7 @@ def _masked_mean(values, mask, axes):
     """Mean of `values` over `axes`, over the mask's pixels only when `mask` is given."""
     if mask is None:
         return jnp.mean(values, axis=axes)
-    m = _broadcast_mask(mask, values.shape, values.dtype)
+    m = broadcast_mask(mask, values.shape, values.dtype)
     return jnp.sum(values * m, axis=axes) / jnp.sum(m, axis=axes)
 
 
@@ -145,7 +145,7 @@ def ssim(pred, target, data_range, window: str = "uniform", mask=None):
         per_channel = jnp.mean(s, axis=sp_axes)
     else:
         pad = (k - 1) // 2
-        m = _broadcast_mask(mask, x.shape, s.dtype)
+        m = broadcast_mask(mask, x.shape, s.dtype)
         for ax in sp_axes:
             m = jax.lax.slice_in_dim(m, pad, m.shape[ax] - pad, axis=ax)
         per_channel = jnp.sum(s * m, axis=sp_axes) / jnp.sum(m, axis=sp_axes)
@@ -295,7 +295,7 @@ class Mean:
         v = jnp.asarray(values, jnp.float32)
         if mask is None:
             return cls(total=jnp.sum(v), count=jnp.asarray(v.size, jnp.float32))
-        m = _broadcast_mask(mask, v.shape, jnp.float32)
+        m = broadcast_mask(mask, v.shape, jnp.float32)
         return cls(total=jnp.sum(jnp.where(m > 0, v * m, 0.0)), count=jnp.sum(m))
 
     def merge(self, other: "Mean") -> "Mean":
