@@ -138,11 +138,13 @@ class DI2INMethod(Method):
         spatial = inputs.shape[1:-1]
         padded = [(-s) % multiple for s in spatial]
         inputs = np.pad(inputs, [(0, 0)] + [(0, p) for p in padded] + [(0, 0)], mode="edge")
-        apply = jax.jit(lambda x: self.predict(state, {"image": x})["probability"])
+        apply = jax.jit(lambda st, x: self.predict(st, {"image": x})["probability"])
         chunk = self.config.data.batch_size
-        outputs = [np.asarray(apply(inputs[i : i + chunk]))
+        count = len(inputs)
+        inputs = np.pad(inputs, [(0, (-count) % chunk)] + [(0, 0)] * (inputs.ndim - 1))  # one compiled shape
+        outputs = [np.asarray(apply(state, inputs[i : i + chunk]))
                    for i in tqdm(range(0, len(inputs), chunk), desc="infer", disable=not progress)]
-        probability = np.concatenate(outputs)[(slice(None), *(slice(0, s) for s in spatial), 0)]
+        probability = np.concatenate(outputs)[(slice(0, count), *(slice(0, s) for s in spatial), 0)]
         mask = probability > 0.5
         mask = np.moveaxis(mask, 0, -1) if dims == 2 else mask[0]
         return Volume(mask.astype(np.uint8), volume.affine, volume.header)
