@@ -286,10 +286,10 @@ def _radiograph(path: Path):
     import pydicom
 
     from kfjax.io import Volume
-    from kfjax.io.dicom import _slice_values
+    from kfjax.io.dicom import slice_values
 
     ds = pydicom.dcmread(str(path))
-    values = _slice_values(path, ds)  # (Columns, Rows), inverted so that high = more attenuation
+    values = slice_values(path, ds)  # (Columns, Rows), inverted so that high = more attenuation
     spacing = [float(v) for v in (ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing") or [0, 0])]
     sx, sy = (spacing[1], spacing[0]) if len(spacing) == 2 and min(spacing) > 0 else (1.0, 1.0)
     return Volume(array=values[..., None].astype(np.float32), affine=np.diag([sx, sy, 1.0, 1.0]))

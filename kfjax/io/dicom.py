@@ -121,7 +121,7 @@ def _geometry(f: Path, ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir), ipp
 
 
-def _slice_values(f: Path, ds: Any) -> np.ndarray:
+def slice_values(f: Path, ds: Any) -> np.ndarray:
     """Pixel values of one slice as float64, shape ``(Columns, Rows)`` (axes i, j).
 
     MONOCHROME1 is inverted on the stored values (``min + max - v`` over the BitsStored
@@ -196,7 +196,7 @@ def _series_volume(items: list[tuple[Path, Any]], dtype: Any) -> Volume:
     for k, (f, ds) in enumerate(items):
         if int(ds.Rows) != rows or int(ds.Columns) != cols:
             raise InputError(f"'{f}' is {ds.Columns}x{ds.Rows} pixels but the series is {cols}x{rows}; the folder mixes scans, {_DCM_CONVERT}")
-        array[:, :, k] = _slice_values(f, ds)
+        array[:, :, k] = slice_values(f, ds)
 
     lps = np.eye(4)
     lps[:3, 0] = row_dir * col_spacing  # i: along a row, one column further
