@@ -171,3 +171,6 @@ def add_data_parser(subparsers) -> None:
     p.add_argument("name")
     p.add_argument("--out", default="preview.png", help="PNG path (default preview.png)")
     p.set_defaults(func=cmd_preview)
+    from kfjax.data.simulate_metal import add_simulate_metal_parser
+
+    add_simulate_metal_parser(dsub)
