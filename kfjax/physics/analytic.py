@@ -31,9 +31,7 @@ MODIFIED_SHEPP_LOGAN = (
 )
 
 
-def shepp_logan_ellipses(
-    half_width_mm: float, scale: float = 1.0
-) -> list[tuple[float, ...]]:
+def shepp_logan_ellipses(half_width_mm: float, scale: float = 1.0) -> list[tuple[float, ...]]:
     """The modified Shepp-Logan ellipses scaled to a half-width in mm, values multiplied by `scale` (1/mm)."""
     return [
         (
@@ -48,18 +46,12 @@ def shepp_logan_ellipses(
     ]
 
 
-def rasterize(
-    ellipses, image_shape: tuple[int, int], pixel_size: float, supersample: int = 8
-) -> np.ndarray:
+def rasterize(ellipses, image_shape: tuple[int, int], pixel_size: float, supersample: int = 8) -> np.ndarray:
     """Pixel-averaged image `(H, W)` float64 of the ellipses (each pixel sampled on a supersample² grid)."""
     h, w = image_shape
     offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
-    cols = (
-        np.arange(w)[None, :, None] + offsets[None, None, :] - (w - 1) / 2
-    ) * pixel_size
-    rows = (
-        np.arange(h)[:, None, None] + offsets[None, None, :] - (h - 1) / 2
-    ) * pixel_size
+    cols = (np.arange(w)[None, :, None] + offsets[None, None, :] - (w - 1) / 2) * pixel_size
+    rows = (np.arange(h)[:, None, None] + offsets[None, None, :] - (h - 1) / 2) * pixel_size
     x = cols[:, :, None, :]  # (1, W, 1, S)
     y = -rows[:, :, :, None]  # (H, 1, S, 1)
     image = np.zeros((h, w, supersample, supersample))
@@ -73,9 +65,7 @@ def rasterize(
 
 def parallel_line_integrals(ellipses, theta: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Exact integrals along parallel rays (θ, t), arrays broadcast together; float64."""
-    theta, t = np.broadcast_arrays(
-        np.asarray(theta, np.float64), np.asarray(t, np.float64)
-    )
+    theta, t = np.broadcast_arrays(np.asarray(theta, np.float64), np.asarray(t, np.float64))
     total = np.zeros(theta.shape)
     for value, a, b, x0, y0, phi in ellipses:
         alpha2 = (a * np.cos(theta - phi)) ** 2 + (b * np.sin(theta - phi)) ** 2
@@ -96,6 +86,4 @@ def sinogram(ellipses, geometry) -> np.ndarray:
         return parallel_line_integrals(ellipses, angles, geometry.bins()[None, :])
     assert isinstance(geometry, FanBeam)
     gamma = geometry.fan_angles()[None, :]
-    return parallel_line_integrals(
-        ellipses, angles - gamma, geometry.source_distance * np.sin(gamma)
-    )
+    return parallel_line_integrals(ellipses, angles - gamma, geometry.source_distance * np.sin(gamma))

@@ -39,19 +39,13 @@ def to_astra_vectors(geometry) -> tuple[str, np.ndarray]:
     """`("parallel_vec" | "fanflat_vec", vectors (n_views, 6))` for `astra.create_proj_geom(kind, n_det, v)`."""
     u, r = _directions(geometry.angles())
     if isinstance(geometry, ParallelBeam):
-        vectors = np.concatenate(
-            [r, geometry.det_offset * u, geometry.det_spacing * u], axis=1
-        )
+        vectors = np.concatenate([r, geometry.det_offset * u, geometry.det_spacing * u], axis=1)
         return "parallel_vec", vectors
     if geometry.detector != "flat":
-        raise ConfigError(
-            "ASTRA has no 2-D arc (equiangular) detector; only flat fan-beam geometries convert"
-        )
+        raise ConfigError("ASTRA has no 2-D arc (equiangular) detector; only flat fan-beam geometries convert")
     source = -geometry.source_distance * r
     centre = geometry.detector_distance * r + geometry.det_offset * u
-    return "fanflat_vec", np.concatenate(
-        [source, centre, geometry.det_spacing * u], axis=1
-    )
+    return "fanflat_vec", np.concatenate([source, centre, geometry.det_spacing * u], axis=1)
 
 
 def _uniform_angles(angles: np.ndarray) -> tuple[float, float]:
@@ -59,9 +53,7 @@ def _uniform_angles(angles: np.ndarray) -> tuple[float, float]:
     unwrapped = np.unwrap(angles)
     steps = np.diff(unwrapped)
     if len(angles) > 1 and not np.allclose(steps, steps[0], rtol=1e-6, atol=1e-9):
-        raise ConfigError(
-            "these ASTRA vectors do not have uniformly spaced angles; kfjax geometries need them"
-        )
+        raise ConfigError("these ASTRA vectors do not have uniformly spaced angles; kfjax geometries need them")
     step = steps[0] if len(angles) > 1 else math.pi
     return float(unwrapped[0]), float(step * len(angles))
 
@@ -83,9 +75,7 @@ def from_astra_vectors(
     if kind == "parallel_vec":
         ray = vectors[:, 0:2] / np.linalg.norm(vectors[:, 0:2], axis=1, keepdims=True)
         if not np.allclose(np.abs(np.sum(ray * r, axis=1)), 1, atol=1e-6):
-            raise ConfigError(
-                "parallel_vec rays are not perpendicular to the detector; kfjax cannot represent it"
-            )
+            raise ConfigError("parallel_vec rays are not perpendicular to the detector; kfjax cannot represent it")
         offset = np.sum(vectors[:, 2:4] * u, axis=1)
         return ParallelBeam(
             n_views=len(vectors),
@@ -114,14 +104,10 @@ def from_astra_vectors(
             start_angle=start,
             det_offset=float(offset[0]),
         )
-    raise ConfigError(
-        f"unsupported ASTRA geometry {kind!r}; use parallel_vec or fanflat_vec"
-    )
+    raise ConfigError(f"unsupported ASTRA geometry {kind!r}; use parallel_vec or fanflat_vec")
 
 
-def from_skimage(
-    theta_degrees, image_size: int, circle: bool = True, pixel_size: float = 1.0
-) -> ParallelBeam:
+def from_skimage(theta_degrees, image_size: int, circle: bool = True, pixel_size: float = 1.0) -> ParallelBeam:
     """The kfjax geometry equal to `skimage.transform.radon(image, theta, circle=circle)` for an odd-sized
     square image; the sinogram is the transpose of skimage's `(n_det, n_views)` output."""
     if image_size % 2 == 0:

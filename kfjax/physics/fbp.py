@@ -32,9 +32,7 @@ def rebinned_geometry(fan: FanBeam, oversample: int = 2) -> ParallelBeam:
     Oversampling the detector by 2 lowered the FBP error of the 256² Shepp-Logan (fan-flat, 360 views) from
     0.131 to 0.124 relative L2; more did not help (`tests/physics/test_fbp.py` holds the bound)."""
     if not math.isclose(fan.angle_range, 2 * math.pi, rel_tol=1e-9):
-        raise ConfigError(
-            "fan-beam FBP needs a full 360° scan (angle_range = 2π); short scans are not supported"
-        )
+        raise ConfigError("fan-beam FBP needs a full 360° scan (angle_range = 2π); short scans are not supported")
     if fan.detector == "arc":
         spacing = fan.source_distance * fan.det_spacing
     else:
@@ -80,14 +78,8 @@ def rebin_fan_to_parallel(sinogram: jnp.ndarray, fan: FanBeam) -> jnp.ndarray:
         vi = (v0 + dv) % n_v
         for j, db in enumerate(range(-1, 3)):
             bi = b0 + db
-            weight = jnp.where(
-                (bi >= 0) & (bi < n_d), view_weights[i] * bin_weights[j], 0
-            )
-            total = (
-                total
-                + sinogram[:, vi, jnp.clip(bi, 0, n_d - 1), :]
-                * weight[None, :, :, None]
-            )
+            weight = jnp.where((bi >= 0) & (bi < n_d), view_weights[i] * bin_weights[j], 0)
+            total = total + sinogram[:, vi, jnp.clip(bi, 0, n_d - 1), :] * weight[None, :, :, None]
     return total
 
 

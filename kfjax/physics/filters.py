@@ -27,18 +27,14 @@ def ramp_response(n_det: int, spacing: float, name: str = "ram-lak") -> np.ndarr
     Includes the bin width of the convolution sum, so `ifft(fft(p)·H)` approximates ∫ p(t') h(t - t') dt'.
     """
     if name not in FILTERS:
-        raise ConfigError(
-            f"unknown FBP filter {name!r}; choose one of {', '.join(FILTERS)}"
-        )
+        raise ConfigError(f"unknown FBP filter {name!r}; choose one of {', '.join(FILTERS)}")
     size = padded_size(n_det)
     n = np.concatenate([np.arange(0, size // 2 + 1), np.arange(-size // 2 + 1, 0)])
     kernel = np.zeros(size)
     kernel[0] = 0.25
     odd = n % 2 == 1
     kernel[odd] = -1.0 / (np.pi * n[odd]) ** 2
-    response = (
-        np.real(np.fft.fft(kernel)) / spacing
-    )  # DTFT of Δ·h(nΔ): |f| up to 1/(2Δ) cycles/mm
+    response = np.real(np.fft.fft(kernel)) / spacing  # DTFT of Δ·h(nΔ): |f| up to 1/(2Δ) cycles/mm
     omega = 2 * np.pi * np.fft.fftfreq(size)  # radians per bin, [-π, π)
     if name == "shepp-logan":
         response = response * np.sinc(omega / (2 * np.pi))
@@ -51,9 +47,7 @@ def ramp_response(n_det: int, spacing: float, name: str = "ram-lak") -> np.ndarr
     return response
 
 
-def ramp_filter(
-    sinogram: jnp.ndarray, spacing: float, name: str = "ram-lak"
-) -> jnp.ndarray:
+def ramp_filter(sinogram: jnp.ndarray, spacing: float, name: str = "ram-lak") -> jnp.ndarray:
     """Filter `(B, n_views, n_det, C)` along the detector axis; returns the same shape (units: 1/mm × input)."""
     n_det = sinogram.shape[2]
     response = ramp_response(n_det, spacing, name)

@@ -54,15 +54,11 @@ class ParallelBeam:
 
     def angles(self) -> np.ndarray:
         """View angles θ_v, shape `(n_views,)`, radians."""
-        return self.start_angle + np.arange(self.n_views) * (
-            self.angle_range / self.n_views
-        )
+        return self.start_angle + np.arange(self.n_views) * (self.angle_range / self.n_views)
 
     def bins(self) -> np.ndarray:
         """Detector coordinates t_d, shape `(n_det,)`, mm."""
-        return (
-            np.arange(self.n_det) - (self.n_det - 1) / 2
-        ) * self.det_spacing + self.det_offset
+        return (np.arange(self.n_det) - (self.n_det - 1) / 2) * self.det_spacing + self.det_offset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,13 +83,9 @@ class FanBeam:
     def __post_init__(self):
         _check_common(self)
         if self.detector not in ("flat", "arc"):
-            raise ConfigError(
-                f"FanBeam.detector must be 'flat' or 'arc', got {self.detector!r}"
-            )
+            raise ConfigError(f"FanBeam.detector must be 'flat' or 'arc', got {self.detector!r}")
         if self.source_distance <= 0 or self.detector_distance < 0:
-            raise ConfigError(
-                "FanBeam distances must be positive (source_distance > 0, detector_distance >= 0)"
-            )
+            raise ConfigError("FanBeam distances must be positive (source_distance > 0, detector_distance >= 0)")
         if self.source_distance <= self.fov_radius():
             raise ConfigError(
                 f"FanBeam source_distance {self.source_distance} mm lies inside the image "
@@ -110,15 +102,11 @@ class FanBeam:
 
     def angles(self) -> np.ndarray:
         """Source angles β_v, shape `(n_views,)`, radians."""
-        return self.start_angle + np.arange(self.n_views) * (
-            self.angle_range / self.n_views
-        )
+        return self.start_angle + np.arange(self.n_views) * (self.angle_range / self.n_views)
 
     def bins(self) -> np.ndarray:
         """Detector coordinates: t_d in mm (flat) or γ_d in radians (arc), shape `(n_det,)`."""
-        return (
-            np.arange(self.n_det) - (self.n_det - 1) / 2
-        ) * self.det_spacing + self.det_offset
+        return (np.arange(self.n_det) - (self.n_det - 1) / 2) * self.det_spacing + self.det_offset
 
     def fan_angles(self) -> np.ndarray:
         """Fan angle γ_d of every bin, shape `(n_det,)`, radians."""
@@ -135,9 +123,7 @@ class FanBeam:
 def _check_common(g) -> None:
     name = type(g).__name__
     if len(g.image_shape) != 2 or min(g.image_shape) < 1:
-        raise ConfigError(
-            f"{name}.image_shape must be (H, W) with H, W >= 1, got {g.image_shape}"
-        )
+        raise ConfigError(f"{name}.image_shape must be (H, W) with H, W >= 1, got {g.image_shape}")
     for field in ("n_views", "n_det"):
         if int(getattr(g, field)) < 1:
             raise ConfigError(f"{name}.{field} must be >= 1, got {getattr(g, field)}")
@@ -150,9 +136,7 @@ def _check_common(g) -> None:
 Geometry = ParallelBeam | FanBeam
 
 
-def n_det_for_fov(
-    image_size: int, source_distance_px: float, det_spacing_rad: float, margin: int = 0
-) -> int:
+def n_det_for_fov(image_size: int, source_distance_px: float, det_spacing_rad: float, margin: int = 0) -> int:
     """Arc-detector bins covering the image diagonal: 2·ceil(asin(N√2/2 / D)/Δγ) + 1 + 2·margin."""
     half = math.asin(image_size * math.sqrt(2) / 2 / source_distance_px)
     return 2 * math.ceil(half / det_spacing_rad) + 1 + 2 * margin
@@ -174,9 +158,7 @@ def preset(name: str, pixel_size: float | None = None) -> FanBeam:
         "adn": (256, 320, 197, 0.1, 512 / 256 * 0.3),
     }
     if name not in table:
-        raise ConfigError(
-            f"unknown geometry preset {name!r}; choose one of {', '.join(table)}"
-        )
+        raise ConfigError(f"unknown geometry preset {name!r}; choose one of {', '.join(table)}")
     size, views, bins, step_deg, default_px = table[name]
     px = default_px if pixel_size is None else float(pixel_size)
     sod = 1075.0 * px

@@ -48,13 +48,9 @@ def _forward(geometry, image: jnp.ndarray) -> jnp.ndarray:
     dtype = cols.dtype
     # column-major copy for rays marched along x, row-major for rays marched along y; one zero pixel of
     # padding on both sides of the minor axis so the two taps never leave the buffer
-    by_column = jnp.pad(jnp.swapaxes(cols, 0, 1), ((0, 0), (1, 1), (0, 0))).reshape(
-        w * (h + 2), n
-    )
+    by_column = jnp.pad(jnp.swapaxes(cols, 0, 1), ((0, 0), (1, 1), (0, 0))).reshape(w * (h + 2), n)
     by_row = jnp.pad(cols, ((0, 0), (1, 1), (0, 0))).reshape(h * (w + 2), n)
-    buffer = jnp.concatenate(
-        [by_column, by_row, jnp.zeros((1, n), dtype)]
-    )  # + 1: the upper tap of a clipped ray
+    buffer = jnp.concatenate([by_column, by_row, jnp.zeros((1, n), dtype)])  # + 1: the upper tap of a clipped ray
     major, a, b, length = (t.reshape(-1) for t in ray_table(geometry, dtype))
     n_minor = jnp.where(major, h, w)
     n_major = jnp.where(major, w, h)
@@ -110,6 +106,8 @@ def _adjoint(geometry, sinogram: jnp.ndarray) -> jnp.ndarray:
             own_major = jnp.where(major_v[0], columns, rows)
             own_minor = jnp.where(major_v[0], rows, columns)
             slope = b_v[0] * own_major
+        else:
+            table = jnp.stack([major_v.astype(dtype), a_v, b_v, length_v], -1)  # (D, 4): one gather per tap
         for m in range(taps):
             d = first + m
             ok = (d >= 0) & (d < n_det)
@@ -118,11 +116,7 @@ def _adjoint(geometry, sinogram: jnp.ndarray) -> jnp.ndarray:
                 minor = a_v.at[dc].get(mode="promise_in_bounds") + slope
                 step = length_v[0]
             else:
-                ray = (
-                    jnp.stack([major_v.astype(dtype), a_v, b_v, length_v], -1)
-                    .at[dc]
-                    .get(mode="promise_in_bounds")
-                )
+                ray = table.at[dc].get(mode="promise_in_bounds")
                 is_major = ray[..., 0] > 0.5
                 own_major = jnp.where(is_major, columns, rows)
                 own_minor = jnp.where(is_major, rows, columns)
@@ -130,14 +124,10 @@ def _adjoint(geometry, sinogram: jnp.ndarray) -> jnp.ndarray:
                 step = ray[..., 3]
             tent = jnp.maximum(0, 1 - jnp.abs(minor - own_minor))
             weight = jnp.where(ok, step * tent, 0)
-            total = total + weight[..., None] * value_v.at[dc].get(
-                mode="promise_in_bounds"
-            )
+            total = total + weight[..., None] * value_v.at[dc].get(mode="promise_in_bounds")
         return total, None
 
-    total, _ = jax.lax.scan(
-        view, jnp.zeros((h, w, n), dtype), (theta, major, a, b, length, values)
-    )
+    total, _ = jax.lax.scan(view, jnp.zeros((h, w, n), dtype), (theta, major, a, b, length, values))
     return _from_columns(total, bc)
 
 
@@ -148,9 +138,7 @@ def _check(geometry, x: jnp.ndarray, shape: tuple[int, ...], what: str) -> None:
             f"got {tuple(x.shape)}"
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise InputError(
-            f"{what} must be floating point (float32 or float64), got {x.dtype}"
-        )
+        raise InputError(f"{what} must be floating point (float32 or float64), got {x.dtype}")
 
 
 def make_projector(geometry, image_shape: tuple[int, int] | None = None):
@@ -198,11 +186,7 @@ def operator_norm(geometry, iterations: int = 20, seed: int = 0) -> float:
     """Largest singular value of the forward projector by power iteration (for step sizes)."""
     forward, adjoint = make_projector(geometry)
     step = jax.jit(lambda v: adjoint(forward(v)))
-    v = (
-        np.random.default_rng(seed)
-        .random((1, *geometry.image_shape, 1))
-        .astype(np.float32)
-    )
+    v = np.random.default_rng(seed).random((1, *geometry.image_shape, 1)).astype(np.float32)
     v = jnp.asarray(v)
     norm = 0.0
     for _ in range(iterations):

@@ -22,9 +22,7 @@ import numpy as np
 from kfjax.physics.geometry import ParallelBeam
 
 
-def ray_table(
-    geometry, dtype
-) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def ray_table(geometry, dtype) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """`(major, a, b, w)`, each `(n_views, n_det)`, built inside the caller's trace (no large constants)."""
     h, w_ = geometry.image_shape
     s = geometry.pixel_size
@@ -76,19 +74,12 @@ def bin_reach(geometry) -> float:
     s = geometry.pixel_size
     if isinstance(geometry, ParallelBeam):
         return s / geometry.det_spacing
-    nearest = (
-        geometry.source_distance - geometry.fov_radius()
-    )  # closest approach of the image to the source
+    nearest = geometry.source_distance - geometry.fov_radius()  # closest approach of the image to the source
     angle = math.asin(min(1.0, s / nearest))
     if geometry.detector == "arc":
         return angle / geometry.det_spacing
     gamma_max = float(np.max(np.abs(geometry.fan_angles()))) + angle
-    return (
-        angle
-        * geometry.source_detector_distance
-        / math.cos(gamma_max) ** 2
-        / geometry.det_spacing
-    )
+    return angle * geometry.source_detector_distance / math.cos(gamma_max) ** 2 / geometry.det_spacing
 
 
 def adjoint_taps(geometry) -> int:

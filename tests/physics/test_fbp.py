@@ -30,9 +30,7 @@ def phantom():
 
 def _error(reconstruction, phantom):
     image, disk = phantom
-    return float(
-        np.linalg.norm((reconstruction - image)[disk]) / np.linalg.norm(image[disk])
-    )
+    return float(np.linalg.norm((reconstruction - image)[disk]) / np.linalg.norm(image[disk]))
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +49,7 @@ def _reconstruct(g, image):
 def test_parallel_fbp_no_worse_than_skimage(phantom, skimage_error):
     g = ParallelBeam(n_views=360, n_det=367, image_shape=(N, N))
     ours = _error(_reconstruct(g, phantom[0]), phantom)
-    assert (
-        0.08 < skimage_error < 0.13
-    )  # the reference itself is what physics-anchors measured
+    assert 0.08 < skimage_error < 0.13  # the reference itself is what physics-anchors measured
     assert ours <= skimage_error
 
 
@@ -92,13 +88,9 @@ def test_filter_responses():
     for name in FILTERS:
         response = ramp_response(100, 0.5, name)
         assert response.shape == (padded_size(100),) == (256,)
-        assert (
-            abs(response[0]) < 0.01 * response.max()
-        )  # the band-limited ramp is (almost) zero at DC
+        assert abs(response[0]) < 0.01 * response.max()  # the band-limited ramp is (almost) zero at DC
     nyquist = 128
-    assert ramp_response(100, 0.5, "ram-lak")[nyquist] == pytest.approx(
-        1 / (2 * 0.5), rel=0.01
-    )  # |f| at 1/(2Δ)
+    assert ramp_response(100, 0.5, "ram-lak")[nyquist] == pytest.approx(1 / (2 * 0.5), rel=0.01)  # |f| at 1/(2Δ)
     assert ramp_response(100, 0.5, "hann")[nyquist] == pytest.approx(0, abs=1e-12)
     with pytest.raises(ConfigError, match="unknown FBP filter"):
         ramp_response(10, 1.0, "butterworth")
@@ -132,9 +124,7 @@ def test_check_grads_through_fbp_float64(name):
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         sino = jnp.asarray(rng.random((2, g.n_views, g.n_det, 1)))
-        check_grads(
-            jax.jit(lambda s: fbp(s, g, "shepp-logan")), (sino,), order=1, modes=["rev"]
-        )
+        check_grads(jax.jit(lambda s: fbp(s, g, "shepp-logan")), (sino,), order=1, modes=["rev"])
 
 
 def test_radon_inversion_layer_grads_and_no_params():
@@ -147,22 +137,15 @@ def test_radon_inversion_layer_grads_and_no_params():
         assert jax.tree_util.tree_leaves(variables) == []
         out = jax.jit(layer.apply)(variables, sino)
         assert out.shape == (2, 10, 10, 1) and out.dtype == jnp.float64
-        check_grads(
-            lambda s: layer.apply(variables, s), (sino,), order=1, modes=["rev"]
-        )
+        check_grads(lambda s: layer.apply(variables, s), (sino,), order=1, modes=["rev"])
 
 
 def test_rebinned_geometry_of_presets():
     for name in ("adn", "dudonet", "dudonet_cvpr"):
         fan = preset(name)
         par = rebinned_geometry(fan)
-        assert par.n_views == fan.n_views and par.angle_range == pytest.approx(
-            2 * math.pi
-        )
-        assert (
-            par.n_det * par.det_spacing
-            >= 2 * fan.source_distance * math.sin(fan.fan_angles().max()) * 0.99
-        )
+        assert par.n_views == fan.n_views and par.angle_range == pytest.approx(2 * math.pi)
+        assert par.n_det * par.det_spacing >= 2 * fan.source_distance * math.sin(fan.fan_angles().max()) * 0.99
 
 
 def test_errors():

@@ -17,15 +17,9 @@ from kfjax.physics.geometry import FanBeam, ParallelBeam, preset
 from kfjax.physics.projector import make_projector
 
 GEOMETRIES = {
-    "parallel-180": ParallelBeam(
-        n_views=37, n_det=61, det_spacing=0.8, image_shape=(40, 33), pixel_size=1.1
-    ),
-    "parallel-360": ParallelBeam(
-        n_views=50, n_det=45, image_shape=(32, 32), angle_range=2 * math.pi
-    ),
-    "parallel-offset": ParallelBeam(
-        n_views=20, n_det=40, det_spacing=1.7, image_shape=(24, 24), det_offset=2.5
-    ),
+    "parallel-180": ParallelBeam(n_views=37, n_det=61, det_spacing=0.8, image_shape=(40, 33), pixel_size=1.1),
+    "parallel-360": ParallelBeam(n_views=50, n_det=45, image_shape=(32, 32), angle_range=2 * math.pi),
+    "parallel-offset": ParallelBeam(n_views=20, n_det=40, det_spacing=1.7, image_shape=(24, 24), det_offset=2.5),
     "fan-flat": FanBeam(
         n_views=48,
         n_det=70,
@@ -86,18 +80,12 @@ def test_adjoint_of_presets():
 @pytest.mark.parametrize("circle", [True, False])
 def test_matches_skimage_radon(circle):
     n = 129
-    image = analytic.rasterize(
-        analytic.shepp_logan_ellipses(n / 2), (n, n), 1.0
-    ).astype(np.float32)
-    image[20:35, 80:90] += (
-        0.5  # break the phantom's left-right symmetry so a mirrored convention fails
-    )
+    image = analytic.rasterize(analytic.shepp_logan_ellipses(n / 2), (n, n), 1.0).astype(np.float32)
+    image[20:35, 80:90] += 0.5  # break the phantom's left-right symmetry so a mirrored convention fails
     theta = np.linspace(0.0, 180.0, 90, endpoint=False)
     reference = radon(image, theta, circle=circle).T  # (views, bins)
     g = from_skimage(theta, n, circle=circle)
-    ours = np.asarray(
-        jax.jit(make_projector(g)[0])(jnp.asarray(image)[None, ..., None])
-    )[0, ..., 0]
+    ours = np.asarray(jax.jit(make_projector(g)[0])(jnp.asarray(image)[None, ..., None]))[0, ..., 0]
     assert ours.shape == reference.shape
     assert np.linalg.norm(ours - reference) / np.linalg.norm(reference) <= 0.01
 
@@ -147,13 +135,9 @@ ELLIPSES = [
     ids=["parallel", "fan-flat", "fan-arc"],
 )
 def test_matches_analytic_line_integrals(g):
-    image = analytic.rasterize(
-        ELLIPSES, g.image_shape, g.pixel_size, supersample=8
-    ).astype(np.float32)
+    image = analytic.rasterize(ELLIPSES, g.image_shape, g.pixel_size, supersample=8).astype(np.float32)
     exact = analytic.sinogram(ELLIPSES, g)
-    ours = np.asarray(
-        jax.jit(make_projector(g)[0])(jnp.asarray(image)[None, ..., None])
-    )[0, ..., 0]
+    ours = np.asarray(jax.jit(make_projector(g)[0])(jnp.asarray(image)[None, ..., None]))[0, ..., 0]
     assert np.linalg.norm(ours - exact) / np.linalg.norm(exact) <= 0.01
 
 
@@ -162,22 +146,14 @@ def test_float64_and_vmap_and_grad():
     forward, adjoint = make_projector(g)
     rng = np.random.default_rng(2)
     with jax.enable_x64(True):
-        x = jnp.asarray(
-            rng.random((3, 2, *g.image_shape, 1))
-        )  # an extra leading axis for vmap
+        x = jnp.asarray(rng.random((3, 2, *g.image_shape, 1)))  # an extra leading axis for vmap
         y = jax.jit(jax.vmap(forward))(x)
         assert y.dtype == jnp.float64 and y.shape == (3, 2, g.n_views, g.n_det, 1)
         single = forward(x[1])
-        np.testing.assert_allclose(
-            np.asarray(y[1]), np.asarray(single), rtol=1e-12, atol=1e-12
-        )
+        np.testing.assert_allclose(np.asarray(y[1]), np.asarray(single), rtol=1e-12, atol=1e-12)
         target = jnp.asarray(rng.random((2, g.n_views, g.n_det, 1)))
-        grad = jax.jit(jax.grad(lambda v: 0.5 * jnp.sum((forward(v) - target) ** 2)))(
-            x[0]
-        )
-        np.testing.assert_allclose(
-            np.asarray(grad), np.asarray(adjoint(forward(x[0]) - target)), rtol=1e-10
-        )
+        grad = jax.jit(jax.grad(lambda v: 0.5 * jnp.sum((forward(v) - target) ** 2)))(x[0])
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(adjoint(forward(x[0]) - target)), rtol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["parallel-180", "fan-flat"])
@@ -221,12 +197,8 @@ def test_shape_and_dtype_errors():
 def test_mass_is_conserved_per_view():
     """Every parallel view integrates the whole image: the sum over bins times the bin width is the image's
     integral (μ·mm²) when the detector covers it."""
-    g = ParallelBeam(
-        n_views=16, n_det=80, det_spacing=0.5, image_shape=(24, 24), pixel_size=1.5
-    )
+    g = ParallelBeam(n_views=16, n_det=80, det_spacing=0.5, image_shape=(24, 24), pixel_size=1.5)
     image = np.zeros((1, 24, 24, 1), np.float32)
     image[0, 6:18, 8:14] = 1.0
     sino = np.asarray(jax.jit(make_projector(g)[0])(image))
-    np.testing.assert_allclose(
-        sino.sum(axis=2)[0, :, 0] * g.det_spacing, image.sum() * 1.5**2, rtol=2e-3
-    )
+    np.testing.assert_allclose(sino.sum(axis=2)[0, :, 0] * g.det_spacing, image.sum() * 1.5**2, rtol=2e-3)
