@@ -362,3 +362,7 @@ def preview_panels(name: str, params: dict[str, Any] | None = None) -> list[tupl
         panels.append((f"{c.upper()} coronal (simulated)", d[c][:, r], dict(cmap="gray", vmin=0, origin="lower",
                                                                              vmax=float(np.percentile(d[c], 99.9)))))
     return panels
+
+
+# sets defined in their own modules register themselves on import
+from kfjax.data import mar as _mar  # noqa: E402, F401

@@ -1,0 +1,169 @@
+"""Metal-artifact-reduction data: CT slices x metal masks through the polychromatic simulator, cached.
+
+The CNN-MAR / DuDoNet protocol (methods.md §0.3, §9) on data we have offline:
+- slices: the real chest CT (`ct-slices`, split by slice position with gaps) or procedural CT anatomy
+  (`kfjax.data.phantoms.ct_anatomy_2d`) when offline;
+- masks: `kfjax.data.phantoms.metal_masks`: 90 training masks (each training slice gets `masks_per_slice` of
+  them, drawn with the seed) and the 10 fixed test masks, every val/test slice with all 10, so results can be
+  reported per size group (`METAL_TEST_GROUPS`, largest metal first);
+- physics: `kfjax.physics.metal.make_metal_simulator` at a preset geometry (ADN's 256² by default). The pixel
+  size is the slices' own (360 mm / size for the chest CT) unless set, and the geometry (source distance 1075
+  pixels) scales with it.
+
+`mar_data(split, ...)` returns host arrays (float32 unless stated):
+    li_sinogram, gt_sinogram (B, V, D, 1)    LI-corrected and metal-free (monochromatic) line integrals
+    metal_trace (B, V, D, 1) uint8           bins whose ray crosses metal
+    ma_image, li_image, gt_image (B, H, W, 1) μ (1/mm): uncorrected FBP, FBP of LI, metal-free truth
+    metal_mask (B, H, W, 1) uint8            metal pixels
+    slice_index, mask_index, size_group (B,) int32   provenance; size_group -1 for training pairs
+Sets are cached through `kfjax.data.derived` (`mar-ct`, `mar-phantom`), so `kfjax data fetch mar-ct
+--param split=test` builds one ahead of training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kfjax.data import derived, phantoms
+from kfjax.errors import InputError
+
+SPLITS = ("train", "val", "test")
+ARRAYS = (
+    "li_sinogram",
+    "gt_sinogram",
+    "metal_trace",
+    "ma_image",
+    "li_image",
+    "gt_image",
+    "metal_mask",
+    "slice_index",
+    "mask_index",
+    "size_group",
+)
+MU_RANGE = 0.05  # μ (1/mm) mapped to 1 for metrics: ADN's [0, 0.5] 1/cm window
+
+
+def _slices(source: str, size: int, split: str, n_phantoms: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(hu (N, size, size, 1), slice ids (N,), pixel size mm) of one split."""
+    if source == "ct":
+        data = derived.ct_slices(size=size)
+        ids = np.asarray(data["splits"][split], np.int32)
+        return data["hu"][ids].astype(np.float32), ids, float(data["pixel_mm"])
+    count = n_phantoms if split == "train" else max(1, n_phantoms // 5)
+    split_id = SPLITS.index(split)
+    hu = [phantoms.ct_anatomy_2d(np.random.default_rng((seed, split_id, i)), size)[0] for i in range(count)]
+    return np.stack(hu).astype(np.float32), np.arange(count, dtype=np.int32), 360.0 / size
+
+
+def _pairs(split: str, n_slices: int, masks_per_slice: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slice positions, mask ids) of every pair of the split."""
+    if split == "train":
+        rng = np.random.default_rng((seed, 7))
+        masks = np.stack([rng.choice(90, masks_per_slice, replace=False) for _ in range(n_slices)])
+        return np.repeat(np.arange(n_slices), masks_per_slice), masks.reshape(-1)
+    return np.repeat(np.arange(n_slices), 10), np.tile(np.arange(10), n_slices)
+
+
+def _build(
+    source: str,
+    split: str,
+    geometry: str,
+    material: str,
+    masks_per_slice: int,
+    pixel_size: float,
+    n_phantoms: int,
+    seed: int,
+    slice_step: int,
+    batch: int = 8,
+):
+    import jax
+
+    from kfjax.physics.geometry import preset
+    from kfjax.physics.metal import MetalConfig, make_metal_simulator
+
+    if split not in SPLITS:
+        raise InputError(f"MAR split must be one of {', '.join(SPLITS)}, got {split!r}")
+    fan = preset(geometry)
+    size = fan.image_shape[0]
+    hu, ids, slice_pixel = _slices(source, size, split, n_phantoms, seed)
+    hu, ids = hu[::slice_step], ids[::slice_step]
+    pixel = pixel_size if pixel_size > 0 else slice_pixel
+    simulate = make_metal_simulator(fan, MetalConfig(material=material, pixel_size=pixel))
+    masks = phantoms.metal_masks(size, "train" if split == "train" else "test").astype(np.float32)
+    positions, mask_ids = _pairs(split, len(ids), masks_per_slice, seed)
+    keep = {k: [] for k in ARRAYS[:7]}
+    key = jax.random.key(seed * 1000 + SPLITS.index(split))
+    for start in range(0, len(positions), batch):
+        sel = slice(start, start + batch)
+        n = len(positions[sel])
+        pad = batch - n  # one compiled shape: pad the last batch with repeats
+        pos = np.concatenate([positions[sel], np.repeat(positions[sel][-1:], pad)])
+        mid = np.concatenate([mask_ids[sel], np.repeat(mask_ids[sel][-1:], pad)])
+        out = simulate(hu[pos], masks[mid][..., None], jax.random.fold_in(key, start))
+        for k, kept in keep.items():
+            kept.append(np.asarray(out["mono_sinogram" if k == "gt_sinogram" else k])[:n])
+    arrays = {k: np.concatenate(v) for k, v in keep.items()}
+    for k in ("metal_trace", "metal_mask"):
+        arrays[k] = (arrays[k] > 0.5).astype(np.uint8)
+    arrays["slice_index"] = ids[positions].astype(np.int32)
+    arrays["mask_index"] = mask_ids.astype(np.int32)
+    groups = phantoms.METAL_TEST_GROUPS[mask_ids] if split != "train" else np.full(len(mask_ids), -1)
+    arrays["size_group"] = np.asarray(groups, np.int32)
+    meta = {"pixel_mm": pixel, "n_pairs": len(positions), "geometry": geometry, "material": material}
+    return arrays, meta
+
+
+def _build_ct(split, geometry, material, masks_per_slice, pixel_size, seed, slice_step):
+    return _build("ct", split, geometry, material, masks_per_slice, pixel_size, 0, seed, slice_step)
+
+
+def _build_phantom(split, geometry, material, masks_per_slice, pixel_size, n_phantoms, seed, slice_step):
+    return _build("phantom", split, geometry, material, masks_per_slice, pixel_size, n_phantoms, seed, slice_step)
+
+
+# slice_step: use every k-th slice of the split (quick runs); masks_per_slice: training pairs per slice
+_COMMON = {
+    "split": "train",
+    "geometry": "adn",
+    "material": "Ti",
+    "masks_per_slice": 4,
+    "pixel_size": 0.0,
+    "seed": 0,
+    "slice_step": 1,
+}
+derived.register(
+    derived.DerivedSet(
+        "mar-ct",
+        ("chest-ct",),
+        "metal-artifact pairs from the real chest CT slices x CNN-MAR-style masks through the polychromatic "
+        "simulator: LI/GT sinograms, metal trace, uncorrected/LI/GT images (μ, 1/mm), metal mask",
+        dict(_COMMON),
+        _build_ct,
+        version=1,
+    )
+)
+derived.register(
+    derived.DerivedSet(
+        "mar-phantom",
+        (),
+        "metal-artifact pairs from procedural CT anatomy (no files) x CNN-MAR-style masks; same arrays as mar-ct",
+        dict(_COMMON, n_phantoms=64),
+        _build_phantom,
+        version=1,
+    )
+)
+
+
+def mar_data(split: str, source: str = "ct", **params) -> dict[str, np.ndarray]:
+    """The arrays of one split (see the module docstring); `source` "ct" (real chest CT) or "phantom"."""
+    if source not in ("ct", "phantom"):
+        raise InputError(f"MAR data source must be 'ct' or 'phantom', got {source!r}")
+    arrays, meta = derived.build(f"mar-{source}", split=split, **params)
+    arrays = dict(arrays)
+    arrays["pixel_mm"] = np.float32(meta["pixel_mm"])
+    return arrays
+
+
+def to_unit_range(mu: np.ndarray) -> np.ndarray:
+    """μ (1/mm) -> [0, 1] for PSNR/SSIM: clip to [0, MU_RANGE] and divide (ADN's [0, 0.5] 1/cm window)."""
+    return np.clip(mu / MU_RANGE, 0.0, 1.0)
