@@ -16,7 +16,8 @@ Steps (methods.md §0.3; every μ in 1/mm, every length in mm, energies in keV):
 5. Polychromatic: p_E = Σ_m μ_m(E)/μ_m(70)·P_m for E = 20..120 keV, p = -log(Σ_E S(E) exp(-p_E)), ΣS = 1.
 6. Noise: λ = round(N0·exp(-p)) + scatter; counts ~ Poisson(λ), 0 -> 1; p = -log(counts/N0).
 7. Water beam-hardening correction: cubic (no constant) fitted on water 0..500 mm, applied to every sinogram.
-8. Linear interpolation (LI) across the metal trace per view along the detector axis; FBP of each sinogram.
+8. Linear interpolation (LI) across the metal trace per view along the detector axis; FBP of each sinogram;
+   optionally NMAR (LI of the sinogram normalised by the projection of a tissue-class prior).
 
 The spectrum and attenuation tables are read from ``kfjax/physics/data/xray_tables.npz`` (written by
 ``tools/make_xray_tables.py``, provenance in the .json beside it); kfjax needs no X-ray library at run time.
@@ -49,6 +50,8 @@ __all__ = [
     "add_noise",
     "apply_bhc",
     "interpolate_trace",
+    "nmar_prior",
+    "nmar_sinogram",
     "make_metal_simulator",
 ]
 
@@ -76,6 +79,7 @@ class MetalConfig:
     bhc_thickness: float = 500.0  # largest water thickness of the beam-hardening fit (mm)
     bhc_step: float = 0.5  # water thickness step of the fit (mm)
     filter: str = "ram-lak"  # FBP filter
+    nmar: bool = False  # also return the NMAR baseline (one more projection and FBP per case)
 
     def __post_init__(self):
         if self.material not in MATERIALS:
@@ -244,6 +248,29 @@ def interpolate_trace(sinogram: jnp.ndarray, trace: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(trace, filled, sinogram)
 
 
+def nmar_prior(image: jnp.ndarray, metal: jnp.ndarray, mu_water: float = 0.0192, air_hu: float = -700.0,
+               bone_hu: float = 500.0) -> jnp.ndarray:
+    """NMAR prior (Meyer et al. 2010) from an LI image ``(B, H, W, 1)`` μ in 1/mm: air 0, soft tissue μ_water, bone kept.
+
+    Classes by thresholds on the image smoothed by a 3×3 box: below ``air_hu`` air, above ``bone_hu`` bone
+    (its LI values kept), in between water; metal pixels become water.
+    """
+    smooth = jax.lax.reduce_window(jnp.pad(image, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"), 0.0, jax.lax.add,
+                                   (1, 3, 3, 1), (1, 1, 1, 1), "VALID") / 9.0
+    air, bone = mu_water * (1 + air_hu / 1000), mu_water * (1 + bone_hu / 1000)
+    prior = jnp.where(smooth < air, 0.0, jnp.where(smooth > bone, image, mu_water))
+    return jnp.where(metal > 0, mu_water, prior)
+
+
+def nmar_sinogram(sinogram: jnp.ndarray, trace: jnp.ndarray, prior_sinogram: jnp.ndarray, eps: float = 0.01) -> jnp.ndarray:
+    """Normalised metal-artifact reduction: LI of ``sinogram / prior`` across the trace, times ``prior`` again.
+
+    All ``(B, V, D, C)``; ``eps`` (line-integral units) keeps the ratio finite on rays through air.
+    """
+    denominator = jnp.maximum(prior_sinogram, 0.0) + eps
+    return interpolate_trace(sinogram / denominator, trace) * denominator
+
+
 def scale_geometry(geometry, pixel_size: float):
     """``geometry`` with its pixel size set to ``pixel_size`` mm and every other length scaled alike.
 
@@ -271,7 +298,8 @@ def make_metal_simulator(geometry, config: MetalConfig = MetalConfig()):
         ``gt_image`` μ at the reference energy (no metal); ``ma_image``, ``li_image``, ``poly_image`` FBP of
         the metal-affected, LI-corrected and metal-free polychromatic sinograms; ``ma_sinogram``,
         ``li_sinogram``, ``gt_sinogram`` (metal-free, polychromatic, beam-hardening corrected, noise-free),
-        ``mono_sinogram`` (metal-free, monochromatic); ``metal_mask`` (metal > 0, 0/1), ``metal_trace`` (0/1).
+        ``mono_sinogram`` (metal-free, monochromatic); ``metal_mask`` (metal > 0, 0/1), ``metal_trace`` (0/1);
+        with ``config.nmar`` also ``nmar_sinogram`` and ``nmar_image`` (NMAR with the LI image as prior source).
     """
     from kfjax.physics.fbp import fbp
     from kfjax.physics.projector import make_projector
@@ -312,7 +340,12 @@ def make_metal_simulator(geometry, config: MetalConfig = MetalConfig()):
             ma, gt = apply_bhc(ma, coefficients), apply_bhc(gt, coefficients)
         li = interpolate_trace(ma, trace)
         images = fbp(jnp.concatenate([ma, li, gt]), geometry, filter=config.filter)
-        return {
+        extra = {}
+        if config.nmar:
+            prior = nmar_prior(images[b : 2 * b], metal, config.mu_water)
+            extra["nmar_sinogram"] = nmar_sinogram(ma, trace, forward(prior))
+            extra["nmar_image"] = fbp(extra["nmar_sinogram"], geometry, filter=config.filter)
+        return extra | {
             "gt_image": water + bone,
             "ma_image": images[:b],
             "li_image": images[b : 2 * b],
