@@ -49,6 +49,7 @@ def main() -> None:
     import jax
 
     from kfjax.data.metal_phantoms import anatomy_slice, metal_mask
+    from kfjax.errors import KfjaxError
     from kfjax.physics import metal as M
     from kfjax.physics.geometry import preset
     from kfjax.viz import image_panel
@@ -63,7 +64,7 @@ def main() -> None:
     if source == "chest-ct":
         try:
             hu, pixel = chest_slice(args.slice)
-        except Exception as exc:  # no cache and no network: fall back to the procedural slice
+        except KfjaxError as exc:  # no cache and no network: fall back to the procedural slice
             print(f"chest-ct unavailable ({type(exc).__name__}: {exc}); using the procedural slice")
             source = "phantom"
     if source == "phantom":
@@ -97,8 +98,8 @@ def main() -> None:
             "seconds_first_call": seconds,
         })
         if material in ("Ti", "Fe"):
-            to_hu = lambda x: M.mu_to_hu(x, config.mu_water)  # noqa: E731
-            rows.append([to_hu(gt), to_hu(ma), to_hu(li), out["ma_sinogram"][0, ..., 0].T, out["li_sinogram"][0, ..., 0].T,
+            hu_of = [M.mu_to_hu(x, config.mu_water) for x in (gt, ma, li)]
+            rows.append([*hu_of, out["ma_sinogram"][0, ..., 0].T, out["li_sinogram"][0, ..., 0].T,
                          out["metal_trace"][0, ..., 0].T, metal])
     sino_max = max(float(r[3].max()) for r in rows)
     image_panel(rows, ["GT 70 keV", "metal-affected", "LI", "sinogram (metal)", "sinogram (LI)", "metal trace", "metal mask"],

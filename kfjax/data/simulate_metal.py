@@ -12,6 +12,7 @@ Output folder (written under a temporary name, renamed when complete): ``simulat
 :func:`kfjax.physics.metal.make_metal_simulator`, μ in 1/mm), NIfTI files of the images in HU
 (``gt``, ``ma``, ``li``, ``poly``; pixel spacing = the geometry's), of the sinograms (views × bins × N) and of
 the metal mask and trace, and ``simulation.json`` with the geometry, config, input and error numbers.
+Images are in the simulation's (row, column) order: a NIfTI slice's axes (i, j) become (column, row).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def simulate_metal(args) -> dict:
     gt = result["gt_image"][..., 0]
     errors = [
         {
-            "slice": i,
+            "case": i,
             "metal_pixels": int(metal[i].sum()),
             "rmse_near_metal_ma_hu": _near_metal_rmse(result["ma_image"][i, ..., 0], gt[i], metal[i]) / config.mu_water * 1000,
             "rmse_near_metal_li_hu": _near_metal_rmse(result["li_image"][i, ..., 0], gt[i], metal[i]) / config.mu_water * 1000,
@@ -183,7 +184,7 @@ def cmd_simulate_metal(args) -> int:
     _setup_jax()
     summary = simulate_metal(args)
     for e in summary["errors"]:
-        print(f"slice {e['slice']}: {e['metal_pixels']} metal pixels, RMSE within 10 px of metal "
+        print(f"case {e['case']}: {e['metal_pixels']} metal pixels, RMSE within 10 px of metal "
               f"{e['rmse_near_metal_ma_hu']:.0f} HU (metal-affected) vs {e['rmse_near_metal_li_hu']:.0f} HU (LI)")
     print(f"wrote {args.out}")
     return 0

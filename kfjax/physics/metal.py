@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from pathlib import Path
 
 import jax
@@ -39,20 +38,20 @@ from kfjax.errors import ConfigError, InputError
 __all__ = [
     "MATERIALS",
     "MetalConfig",
-    "load_tables",
-    "attenuation_ratios",
-    "bhc_coefficients",
-    "hu_to_mu",
-    "mu_to_hu",
-    "decompose",
-    "metal_trace",
-    "polychromatic",
     "add_noise",
     "apply_bhc",
+    "attenuation_ratios",
+    "bhc_coefficients",
+    "decompose",
+    "hu_to_mu",
     "interpolate_trace",
+    "load_tables",
+    "make_metal_simulator",
+    "metal_trace",
+    "mu_to_hu",
     "nmar_prior",
     "nmar_sinogram",
-    "make_metal_simulator",
+    "polychromatic",
 ]
 
 MATERIALS = ("Ti", "Fe", "Cu", "Au")
@@ -92,7 +91,7 @@ class MetalConfig:
             raise ConfigError(f"MetalConfig.bone_hu ({self.bone_hu}) must exceed water_hu ({self.water_hu})")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_tables(path: str | None = None) -> dict[str, np.ndarray]:
     """The shipped tables: ``energies_kev`` (E,), ``spectrum`` (E,) summing to 1, ``mu_<name>`` (E,) in 1/mm."""
     with np.load(path or TABLE_PATH) as f:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from kfjax.data.metal_phantoms import anatomy_slice, metal_mask
+from kfjax.data.metal_phantoms import anatomy_slice
 from kfjax.errors import ConfigError, InputError
 from kfjax.physics import metal as M
 from kfjax.physics.geometry import FanBeam
@@ -159,7 +159,7 @@ def test_metal_error_is_much_larger_than_li_near_metal(metal_case):
         m = metal[i, ..., 0] > 0
         near = ndimage.binary_dilation(m, iterations=8) & ~ndimage.binary_dilation(m, iterations=1)
 
-        def rmse(name, ref):
+        def rmse(name, ref, i=i, near=near):
             return np.sqrt(np.mean((out[name][i, ..., 0] - out[ref][i, ..., 0])[near] ** 2))
 
         # against the 70 keV truth (FBP blur and noise are in both errors) and against the metal-free
