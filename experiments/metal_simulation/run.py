@@ -5,12 +5,13 @@
 
 Slice: axial slice 60 of the `chest-ct` source (512², 0.703 mm), resampled to 256² at 1.406 mm, so the ADN
 geometry (256², 320 views, 197 arc bins of 0.1°, source at 1075 pixels) is used at the slice's real pixel size;
-or a procedural slice (`kfjax.data.metal_phantoms.anatomy_slice`, seed 0) at the ADN preset's 0.6 mm.
-Metal: a pair of rods placed in the body by `metal_mask(default_rng(seed), kind="rods")`, simulated as each of
-Ti, Fe, Cu, Au (table densities) with Poisson noise (seed 0); LI and NMAR as the classic corrections. Errors are RMSE in HU against the 70 keV
-ground truth over the body pixels within 10 pixels of the metal (metal excluded), and over the whole body;
-"no metal" is the FBP of the metal-free polychromatic sinogram (noise-free, water-corrected): the floor set by
-FBP resolution and bone beam hardening, which no metal-artifact reduction can go below on this truth.
+or a procedural slice (`kfjax.data.phantoms.ct_anatomy_2d`, seed 0) at the ADN preset's 0.6 mm.
+Metal: a pair of rods centred in the body by `kfjax.data.phantoms.random_metal(default_rng(seed), 256, "rods",
+body=body)`, simulated as each of Ti, Fe, Cu, Au (table densities) with Poisson noise (seed 0); LI and NMAR as
+the classic corrections. Errors are RMSE in HU against the 70 keV ground truth over the body pixels within
+10 pixels of the metal (metal excluded), and over the whole body; "no metal" is the FBP of the metal-free
+polychromatic sinogram (noise-free, water-corrected): the floor set by FBP resolution and bone beam hardening,
+which no metal-artifact reduction can go below on this truth.
 Writes `panel.png` and `results.json` here and prints the table for the README.
 """
 
@@ -48,7 +49,7 @@ def rmse_hu(image, gt, region, mu_water) -> float:
 def main() -> None:
     import jax
 
-    from kfjax.data.metal_phantoms import anatomy_slice, metal_mask
+    from kfjax.data.phantoms import ct_anatomy_2d, random_metal
     from kfjax.errors import KfjaxError
     from kfjax.physics import metal as M
     from kfjax.physics.geometry import preset
@@ -68,11 +69,11 @@ def main() -> None:
             print(f"chest-ct unavailable ({type(exc).__name__}: {exc}); using the procedural slice")
             source = "phantom"
     if source == "phantom":
-        hu, pixel = anatomy_slice(np.random.default_rng(0), 256), 0.6
+        hu, pixel = ct_anatomy_2d(np.random.default_rng(0), 256)[0][..., 0], 0.6
     geometry = preset("adn", pixel_size=pixel)
     body = ndimage.binary_fill_holes(hu > -500)
-    metal = metal_mask(np.random.default_rng(args.mask_seed), 256, kind="rods", body=body)
-    m = metal > 0
+    m = random_metal(np.random.default_rng(args.mask_seed), 256, "rods", body=body)
+    metal = m.astype(np.float32)
     near = ndimage.binary_dilation(m, iterations=10) & ~m & body
     inside = body & ~m
 

@@ -203,7 +203,23 @@ _METAL_SEED = 20190616  # fixed: the CNN-MAR-style mask set is the same everywhe
 _TEST_AREAS = np.geomspace(2000.0, 12.0, 10)  # target areas in pixels at 416 x 416, largest first
 
 
-def random_metal(rng: np.random.Generator, size: int = 416, kind: str | None = None, area: float | None = None):
+#: centre draws :func:`random_metal` tries before it falls back to a random body pixel
+_BODY_TRIES = 100
+
+
+def _centre_pixel(centre, size: int) -> tuple[int, int]:
+    """(row, column) of the pixel nearest to a normalised (y, x) point of :func:`_grid`."""
+    row, col = np.clip(np.round((np.asarray(centre) + 1) / 2 * (size - 1)), 0, size - 1).astype(int)
+    return int(row), int(col)
+
+
+def random_metal(
+    rng: np.random.Generator,
+    size: int = 416,
+    kind: str | None = None,
+    area: float | None = None,
+    body: np.ndarray | None = None,
+):
     """One random metal mask: a disk, an ellipse or a pair of parallel rods (e.g. spinal fixation).
 
     ``area`` is the target area in pixels *at 416 x 416* (default log-uniform in [10, 2000]); at another
@@ -211,15 +227,35 @@ def random_metal(rng: np.random.Generator, size: int = 416, kind: str | None = N
     the half field of view, where the body is. Imitates the binary masks of the CNN-MAR set (implants
     of varied size and shape); does not imitate real implant geometry or partial-volume edges.
 
-    Returns a bool mask ``(size, size)``.
+    ``body``: optional bool ``(size, size)``, True inside the patient. The centre (the midpoint of the
+    rods) is then drawn again, up to 100 times, until its pixel is inside the body; if no draw lands
+    there, the centre is a pixel of ``body`` chosen by ``rng``. The shape itself may reach past the body
+    outline. The same ``rng`` state gives the same mask; with ``body=None`` (the default) the draws, and
+    so the masks, are those of a call without it (as :func:`metal_masks` uses).
+
+    Returns a bool mask ``(size, size)``. Raises ValueError for an unknown ``kind`` or a ``body`` of
+    another shape or without any True pixel.
     """
     kind = kind or METAL_KINDS[int(rng.integers(len(METAL_KINDS)))]
     if kind not in METAL_KINDS:
         raise ValueError(f"metal kind must be one of {METAL_KINDS}, got {kind!r}")
+    if body is not None:
+        body = np.asarray(body, bool)
+        if body.shape != (size, size):
+            raise ValueError(f"body must have shape {(size, size)}, got {body.shape}")
+        if not body.any():
+            raise ValueError("body has no True pixel: there is nowhere to place the metal")
     area = float(area if area is not None else np.exp(rng.uniform(np.log(10.0), np.log(2000.0))))
     g = _grid((size, size))
-    r_c, phi = 0.45 * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
-    centre = (r_c * np.sin(phi), r_c * np.cos(phi))
+    for _ in range(1 if body is None else _BODY_TRIES):
+        r_c, phi = 0.45 * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
+        centre = (r_c * np.sin(phi), r_c * np.cos(phi))
+        if body is None or body[_centre_pixel(centre, size)]:
+            break
+    else:  # no draw inside the body: a body pixel chosen by rng
+        rows, cols = np.nonzero(body)
+        k = int(rng.integers(len(rows)))
+        centre = (float(g[0, rows[k], cols[k]]), float(g[1, rows[k], cols[k]]))
     unit = (2.0 / 416.0) ** 2  # one pixel at 416^2 in normalised units (the grid spans 2)
     angle = rng.uniform(0, np.pi)
     if kind == "disk":
@@ -239,8 +275,7 @@ def random_metal(rng: np.random.Generator, size: int = 416, kind: str | None = N
             c = (centre[0] + side * gap * normal[0], centre[1] + side * gap * normal[1])
             mask |= _ellipse(g, c, (b, aspect * b), angle)
     if not mask.any():
-        row, col = (np.clip(np.round((np.asarray(centre) + 1) / 2 * (size - 1)), 0, size - 1)).astype(int)
-        mask[row, col] = True
+        mask[_centre_pixel(centre, size)] = True
     return mask
 
 

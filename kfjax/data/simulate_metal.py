@@ -6,7 +6,8 @@
 Input: a NIfTI volume (axial slices along the third axis; ``--slice`` picks them, default the middle one)
 or an ``.npz`` with one array (or key ``hu``) of shape (H, W), (N, H, W) or (N, H, W, 1), in HU. Slices are
 resampled (bilinear) to the geometry's image size. Metal: ``--mask FILE`` (same layouts, > 0.5 is metal) or
-random implants placed inside the body (``--mask-seed``).
+random implants placed inside the body (``--mask-seed``; :func:`kfjax.data.phantoms.random_metal` with its
+centre on a pixel above -500 HU).
 
 Output folder (written under a temporary name, renamed when complete): ``simulation.npz`` (every array of
 :func:`kfjax.physics.metal.make_metal_simulator`, μ in 1/mm), NIfTI files of the images in HU
@@ -99,7 +100,7 @@ def simulate_metal(args) -> dict:
     """Run the simulator as asked by the CLI ``args``; returns the summary written to ``simulation.json``."""
     import jax
 
-    from kfjax.data.metal_phantoms import metal_mask
+    from kfjax.data.phantoms import random_metal
     from kfjax.io.nifti import save_nifti
     from kfjax.io.volume import Volume
     from kfjax.physics import metal as M
@@ -126,9 +127,11 @@ def simulate_metal(args) -> dict:
             raise InputError(f"mask has {metal.shape[0]} slices, input {hu.shape[0]}; give one mask or one per slice")
     else:
         body = hu > -500
-        metal = np.stack([
-            metal_mask(np.random.default_rng((args.mask_seed, i)), shape[0], body=body[i]) for i in range(hu.shape[0])
-        ])
+        empty = [i for i in range(hu.shape[0]) if not body[i].any()]
+        if empty:
+            raise InputError(f"input slice(s) {empty} have no pixel above -500 HU to put metal in; give --mask")
+        rngs = [np.random.default_rng((args.mask_seed, i)) for i in range(hu.shape[0])]
+        metal = np.stack([random_metal(r, shape[0], body=b) for r, b in zip(rngs, body)]).astype(np.float32)
 
     simulate = M.make_metal_simulator(geometry, config)
     result = simulate(hu[..., None], metal[..., None], jax.random.key(args.noise_seed))

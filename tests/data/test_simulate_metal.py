@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kfjax.cli import main
-from kfjax.data.metal_phantoms import anatomy_slice, metal_mask, metal_masks
+from kfjax.data.phantoms import ct_anatomy_2d, random_metal
 
 
 def test_bad_input_exits_2(tmp_path, capsys):
@@ -28,19 +28,41 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_phantoms_are_seeded():
-    a, b = anatomy_slice(np.random.default_rng(1), 64), anatomy_slice(np.random.default_rng(1), 64)
-    assert np.array_equal(a, b) and a.min() == -1000 and a.max() >= 700
-    m = metal_mask(np.random.default_rng(2), 64, kind="rods")
-    assert set(np.unique(m)) <= {0.0, 1.0} and m.sum() > 0
-    ms = metal_masks(0, 5, 64)
-    assert ms.shape == (5, 64, 64, 1) and (np.diff(ms.sum(axis=(1, 2, 3))) >= 0).all()
+def test_random_metal_in_body_is_seeded_and_inside():
+    """The simulator's random implants: centre on a body pixel, same rng state -> same mask."""
+    hu, _ = ct_anatomy_2d(np.random.default_rng(1), 64)
+    body = hu[..., 0] > -500
+    for seed in range(20):
+        m = random_metal(np.random.default_rng(seed), 64, body=body)
+        assert np.array_equal(m, random_metal(np.random.default_rng(seed), 64, body=body))
+        assert m.dtype == bool and m.any()
+        # the bounding-box centre of a disk or ellipse is its centre; rods: the midpoint of the pair
+        rows, cols = np.nonzero(m)
+        centre = (round((rows.min() + rows.max()) / 2), round((cols.min() + cols.max()) / 2))
+        assert body[centre], f"seed {seed}: metal centre {centre} outside the body"
+    # a body the 45 % disk of centres misses: the fallback is a body pixel
+    corner = np.zeros((64, 64), bool)
+    corner[:4, :4] = True
+    m = random_metal(np.random.default_rng(0), 64, "disk", area=10.0, body=corner)
+    assert (m & corner).any() and np.array_equal(m, random_metal(np.random.default_rng(0), 64, "disk", 10.0, corner))
+    with pytest.raises(ValueError, match="no True pixel"):
+        random_metal(np.random.default_rng(0), 64, body=np.zeros((64, 64), bool))
+    with pytest.raises(ValueError, match="shape"):
+        random_metal(np.random.default_rng(0), 64, body=body[:32])
+
+
+def test_all_air_slice_needs_a_mask(tmp_path, capsys):
+    air = tmp_path / "air.npz"
+    np.savez(air, hu=np.full((32, 32), -1000.0))
+    assert main(["data", "simulate-metal", "--input", str(air), "--out", str(tmp_path / "o")]) == 2
+    assert "--mask" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
 def test_simulate_metal_writes_an_inspectable_set(tmp_path, capsys):
     src = tmp_path / "slice.npz"
-    np.savez(src, hu=anatomy_slice(np.random.default_rng(0), 200))
+    np.savez(src, hu=ct_anatomy_2d(np.random.default_rng(0), 200)[0][..., 0])
     out = tmp_path / "sim"
     assert main(["data", "simulate-metal", "--input", str(src), "--out", str(out), "--material", "Fe"]) == 0
     assert "RMSE within 10 px of metal" in capsys.readouterr().out

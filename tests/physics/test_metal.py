@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from kfjax.data.metal_phantoms import anatomy_slice
+from kfjax.data.phantoms import ct_anatomy_2d
 from kfjax.errors import ConfigError, InputError
 from kfjax.physics import metal as M
 from kfjax.physics.geometry import FanBeam
@@ -143,7 +143,7 @@ def test_bhc_leaves_water_cylinder_flat(water_cylinder):
 @pytest.fixture(scope="module")
 def metal_case():
     g = small_fan(pixel=4.0)
-    hu = np.stack([anatomy_slice(np.random.default_rng(seed), 64) for seed in (3, 4)])[..., None]
+    hu = np.stack([ct_anatomy_2d(np.random.default_rng(seed), 64)[0] for seed in (3, 4)])
     yy, xx = np.mgrid[:64, :64]
     pair = (np.hypot(yy - 30, xx - 22) < 2.5) | (np.hypot(yy - 30, xx - 42) < 2.5)  # two 20 mm Fe rods
     one = ((yy - 36) / 2.0) ** 2 + ((xx - 30) / 4.0) ** 2 < 1  # one 16 x 32 mm implant
