@@ -94,6 +94,20 @@ def pixel_positions(camera: CArm, extrinsic):
     return jnp.einsum("...ji,...hwj->...hwi", r, grid)
 
 
+def look_at(source, target, up=(0.0, 0.0, 1.0)):
+    """Extrinsic (..., 4, 4) of a camera at ``source`` (..., 3) mm aimed at ``target`` (..., 3) mm, with
+    image rows running against ``up`` (world, default +z: superior at the top of the image)."""
+    source, target = jnp.asarray(source), jnp.asarray(target)
+    z = target - source
+    z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    y = -jnp.asarray(up, z.dtype)
+    y = y - jnp.sum(y * z, -1, keepdims=True) * z
+    y = y / jnp.linalg.norm(y, axis=-1, keepdims=True)
+    x = jnp.cross(y, z)
+    r = jnp.stack([x, y, z], -2)
+    return se3.from_rt(r, -jnp.einsum("...ij,...j->...i", r, source))
+
+
 def triangulate(p, uv, weights=None):
     """Multiview linear (DLT) triangulation.
 
