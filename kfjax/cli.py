@@ -240,6 +240,8 @@ def parser() -> argparse.ArgumentParser:
     inf.set_defaults(func=cmd_infer)
     from kfjax.data.commands import add_data_parser
     add_data_parser(sub)
+    from kfjax.physics.drr_command import add_parser as add_drr_parser
+    add_drr_parser(sub)
     return p
 
 

@@ -213,7 +213,11 @@ def _render(volume, affine, extrinsic, i0, *, camera, mode, beam, axis, n_sample
     one = functools.partial(
         _render_one, camera=camera, mode=mode, beam=beam, axis=axis, n_samples=n_samples, chunk=chunk
     )
-    p = jax.vmap(one, (None, None, 0))(vol, affine.astype(vol.dtype), flat.astype(vol.dtype))
+    affine, flat = affine.astype(vol.dtype), flat.astype(vol.dtype)
+    if flat.shape[0] == 1:  # no vmap: a traced axis choice (lax.switch) then runs one branch only
+        p = one(vol, affine, flat[0])[None]
+    else:
+        p = jax.vmap(one, (None, None, 0))(vol, affine, flat)
     p = p.reshape(batch + (camera.height, camera.width, vol.shape[-1]))
     if squeeze:
         p = p[..., 0]
