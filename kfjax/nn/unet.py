@@ -25,6 +25,7 @@ class UNet(nn.Module):
     norm: str = "group"
     act: str = "relu"
     upsample: str = "nearest"
+    zero_output: bool = False  # zero-initialise the output conv (a residual branch that starts as identity)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -39,4 +40,5 @@ class UNet(nn.Module):
             x = jnp.concatenate([x, skip], axis=-1)
             x = DoubleConv(features, self.norm, self.act)(x, train)
         dims = x.ndim - 2
-        return nn.Conv(self.out_channels, (1,) * dims)(x)
+        init = nn.initializers.zeros if self.zero_output else nn.initializers.lecun_normal()
+        return nn.Conv(self.out_channels, (1,) * dims, kernel_init=init)(x)

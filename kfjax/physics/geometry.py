@@ -145,23 +145,27 @@ def n_det_for_fov(image_size: int, source_distance_px: float, det_spacing_rad: f
 def preset(name: str, pixel_size: float | None = None) -> FanBeam:
     """The fan-beam geometries of the metal-artifact-reduction papers (MATLAB `fanbeam`, arc detector).
 
-    Source distance is 1075 pixels in every preset (CNN-MAR/DuDoNet `SOD`). `pixel_size` (mm) defaults to
+    Source distance is 1075 pixels in the papers' presets (CNN-MAR/DuDoNet `SOD`). `pixel_size` (mm) defaults to
     the papers' value: 0.3692 mm for the 416² presets (512/416·0.3 mm), 0.6 mm for `adn` (512/256·0.3 mm).
 
     - `dudonet`: 416², 640 views over 360°, 641 bins of 0.05° (the released "640geo" code)
     - `dudonet_cvpr`: 416², 320 views, 321 bins of 0.1° (the CVPR'19 paper)
     - `adn`: 256², 320 views, 197 bins of 0.1° (ADN's DeepLesion configuration)
+    - `adn_quarter`: `adn` at a quarter of the size (64², 80 views, 51 bins of 0.4°, same fan angle), for
+      tests and quick runs
     """
     table = {
-        "dudonet": (416, 640, 641, 0.05, 512 / 416 * 0.3),
-        "dudonet_cvpr": (416, 320, 321, 0.1, 512 / 416 * 0.3),
-        "adn": (256, 320, 197, 0.1, 512 / 256 * 0.3),
+        # size, views, bins, bin step (deg), pixel (mm), source distance (pixels)
+        "dudonet": (416, 640, 641, 0.05, 512 / 416 * 0.3, 1075.0),
+        "dudonet_cvpr": (416, 320, 321, 0.1, 512 / 416 * 0.3, 1075.0),
+        "adn": (256, 320, 197, 0.1, 512 / 256 * 0.3, 1075.0),
+        "adn_quarter": (64, 80, 51, 0.4, 512 / 64 * 0.3, 1075.0 / 4),
     }
     if name not in table:
         raise ConfigError(f"unknown geometry preset {name!r}; choose one of {', '.join(table)}")
-    size, views, bins, step_deg, default_px = table[name]
+    size, views, bins, step_deg, default_px, sod_px = table[name]
     px = default_px if pixel_size is None else float(pixel_size)
-    sod = 1075.0 * px
+    sod = sod_px * px
     return FanBeam(
         n_views=views,
         n_det=bins,
@@ -174,4 +178,4 @@ def preset(name: str, pixel_size: float | None = None) -> FanBeam:
     )
 
 
-PRESETS = ("dudonet", "dudonet_cvpr", "adn")
+PRESETS = ("dudonet", "dudonet_cvpr", "adn", "adn_quarter")
