@@ -133,7 +133,7 @@ def cmd_demo(args) -> int:
     _setup_jax()
     from kfjax.demo import run_demo
 
-    return run_demo(args.workdir, full=args.full, progress=not args.no_progress)
+    return run_demo(args.workdir, full=args.full, progress=not args.no_progress, extra=args.set)
 
 
 def cmd_plot(args) -> int:
@@ -218,7 +218,8 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: a short end-to-end run with a table and a PNG panel")
     d.add_argument("--workdir", default="kfjax-demo")
-    d.add_argument("--full", action="store_true", help="the full schedule (for a GPU)")
+    d.add_argument("--full", action="store_true", help="the full geometry and schedule (for a GPU)")
+    d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra DuDoNet config overrides")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo)
 

@@ -151,14 +151,15 @@ def preset(name: str, pixel_size: float | None = None) -> FanBeam:
     - `dudonet`: 416², 640 views over 360°, 641 bins of 0.05° (the released "640geo" code)
     - `dudonet_cvpr`: 416², 320 views, 321 bins of 0.1° (the CVPR'19 paper)
     - `adn`: 256², 320 views, 197 bins of 0.1° (ADN's DeepLesion configuration)
-    - `adn_quarter`: `adn` at a quarter of the size (64², 80 views, 51 bins of 0.4°, same fan angle), for
-      tests and quick runs
+    - `adn_half`, `adn_quarter`: `adn` at half (128², 160 views, 99 bins of 0.2°) and a quarter (64², 80 views,
+      51 bins of 0.4°) of the size, same fan angle, for the demo, tests and quick runs
     """
     table = {
         # size, views, bins, bin step (deg), pixel (mm), source distance (pixels)
         "dudonet": (416, 640, 641, 0.05, 512 / 416 * 0.3, 1075.0),
         "dudonet_cvpr": (416, 320, 321, 0.1, 512 / 416 * 0.3, 1075.0),
         "adn": (256, 320, 197, 0.1, 512 / 256 * 0.3, 1075.0),
+        "adn_half": (128, 160, 99, 0.2, 512 / 128 * 0.3, 1075.0 / 2),
         "adn_quarter": (64, 80, 51, 0.4, 512 / 64 * 0.3, 1075.0 / 4),
     }
     if name not in table:
@@ -178,4 +179,4 @@ def preset(name: str, pixel_size: float | None = None) -> FanBeam:
     )
 
 
-PRESETS = ("dudonet", "dudonet_cvpr", "adn", "adn_quarter")
+PRESETS = ("dudonet", "dudonet_cvpr", "adn", "adn_half", "adn_quarter")
