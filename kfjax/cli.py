@@ -173,6 +173,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_infer(args) -> int:
+    import inspect
+
     _setup_jax()
     from kfjax.io import check_finite, load_volume, save_volume
     from kfjax.train.loop import restore_for_eval
@@ -188,7 +190,10 @@ def cmd_infer(args) -> int:
     volume = load_volume(args.input)
     check_finite(volume.array, f"input '{args.input}'")
     state = restore_for_eval(method, args.workdir)
-    result = method.infer_volume(state, volume, progress=not args.no_progress)
+    extra = {} if args.metal_threshold is None else {"metal_threshold": args.metal_threshold}
+    if extra and "metal_threshold" not in inspect.signature(method.infer_volume).parameters:
+        raise ConfigError(f"--metal-threshold is for metal artifact reduction; '{args.method}' does not take it")
+    result = method.infer_volume(state, volume, progress=not args.no_progress, **extra)
     save_volume(result, out)
     print(f"wrote {out}")
     return 0
@@ -234,9 +239,10 @@ def parser() -> argparse.ArgumentParser:
 
     inf = sub.add_parser("infer", help="apply a trained method to a volume (NIfTI or DICOM) and write NIfTI")
     inf.add_argument("method")
-    inf.add_argument("--workdir", required=True, help="folder of the trained run")
+    inf.add_argument("--workdir", "--checkpoint", required=True, help="folder of the trained run")
     inf.add_argument("--input", required=True)
     inf.add_argument("--out", required=True)
+    inf.add_argument("--metal-threshold", type=float, help="HU at and above which a voxel is metal (MAR methods)")
     inf.add_argument("--no-progress", action="store_true")
     inf.set_defaults(func=cmd_infer)
     from kfjax.data.commands import add_data_parser

@@ -20,15 +20,22 @@ from kfjax.errors import DataError
 from kfjax.train.loop import evaluate, notice, train
 
 QUICK = [
-    "data.geometry=adn_half", "data.masks_per_slice=2", "data.eval_slice_step=3", "data.batch_size=4",
-    "train.steps=200", "train.checkpoint_every=100", "train.log_every=10", "optim.lr=1e-3",
-    "optim.schedule=cosine", "optim.decay_every=0",
+    "data.geometry=adn_half",
+    "data.masks_per_slice=2",
+    "data.eval_slice_step=3",
+    "data.batch_size=4",
+    "train.steps=200",
+    "train.checkpoint_every=100",
+    "train.log_every=10",
+    "optim.lr=1e-3",
+    "optim.schedule=cosine",
+    "optim.decay_every=0",
 ]
 VARIANTS = (("image", "image-only U-Net"), ("dual", "DuDoNet"))
 
 
 def _source() -> str:
-    """"ct" when the real chest CT is cached or can be fetched, else "phantom" (with a notice)."""
+    """ "ct" when the real chest CT is cached or can be fetched, else "phantom" (with a notice)."""
     from kfjax.data import sources
 
     try:
@@ -49,18 +56,31 @@ def _panel(methods, states, path: Path) -> Path:
     index = int(np.flatnonzero(test.arrays["size_group"] == 0)[0])
     batch = test[np.array([index])]
     outputs = {mode: jax.jit(m.predict)(states[mode], batch) for mode, m in methods.items()}
-    images = [("ground truth", batch["gt_image"]), ("metal-affected", batch["ma_image"]), ("LI", batch["li_image"]),
-              ("image-only U-Net", outputs["image"]["x_out"]), ("DuDoNet", outputs["dual"]["x_out"])]
-    sinos = [("LI sinogram", batch["li_sinogram"]), ("metal trace", batch["metal_trace"]),
-             ("DuDoNet sinogram", outputs["dual"]["y_out"]), ("ground-truth sinogram", batch["gt_sinogram"]),
-             ("|DuDoNet - GT| image", np.abs(np.asarray(outputs["dual"]["x_out"]) - batch["gt_image"]))]
+    images = [
+        ("ground truth", batch["gt_image"]),
+        ("metal-affected", batch["ma_image"]),
+        ("LI", batch["li_image"]),
+        ("image-only U-Net", outputs["image"]["x_out"]),
+        ("DuDoNet", outputs["dual"]["x_out"]),
+    ]
+    sinos = [
+        ("LI sinogram", batch["li_sinogram"]),
+        ("metal trace", batch["metal_trace"]),
+        ("DuDoNet sinogram", outputs["dual"]["y_out"]),
+        ("ground-truth sinogram", batch["gt_sinogram"]),
+        ("|DuDoNet - GT| image", np.abs(np.asarray(outputs["dual"]["x_out"]) - batch["gt_image"])),
+    ]
     fig, axes = plt.subplots(2, 5, figsize=(13, 5.6))
     for ax, (title, image) in zip(axes[0], images):
         ax.imshow(np.asarray(image)[0, ..., 0], cmap="gray", vmin=0.0, vmax=1.6)  # μ/μ_water: water = 1
         ax.set_title(title, fontsize=9)
     for ax, (title, image) in zip(axes[1], sinos):
-        ax.imshow(np.asarray(image)[0, ..., 0], cmap="magma" if "|" in title else "gray", aspect="auto",
-                  vmax=0.3 if "|" in title else None)
+        ax.imshow(
+            np.asarray(image)[0, ..., 0],
+            cmap="magma" if "|" in title else "gray",
+            aspect="auto",
+            vmax=0.3 if "|" in title else None,
+        )
         ax.set_title(title, fontsize=9)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -79,9 +99,11 @@ def run_demo(workdir: str | Path, full: bool = False, progress: bool = True, ext
     for mode, label in VARIANTS:
         method = build_method("dudonet", overrides=overrides + [f"model.mode={mode}"])
         cfg = method.config
-        notice(f"demo: {label}, {cfg.train.steps} steps, {cfg.data.geometry} geometry, "
-               f"{'real chest CT' if source == 'ct' else 'procedural anatomy'}, {jax.device_count()} "
-               f"{jax.default_backend()} device(s); workdir {workdir / mode}")
+        notice(
+            f"demo: {label}, {cfg.train.steps} steps, {cfg.data.geometry} geometry, "
+            f"{'real chest CT' if source == 'ct' else 'procedural anatomy'}, {jax.device_count()} "
+            f"{jax.default_backend()} device(s); workdir {workdir / mode}"
+        )
         result = train(method, workdir / mode, progress=progress, evaluate_at_end=False)
         if result.status != "completed":
             return 130
@@ -89,14 +111,18 @@ def run_demo(workdir: str | Path, full: bool = False, progress: bool = True, ext
         scores[mode] = evaluate(method, result.state, split="test")
     n_test = len(methods["dual"].dataset("test"))
     s = scores["dual"]
-    print(f"\nHeld-out test slices x 10 metal masks ({n_test} cases): PSNR (dB) / SSIM outside the metal, "
-          "μ in [0, 0.05] 1/mm mapped to [0, 1]\n")
+    print(
+        f"\nHeld-out test slices x 10 metal masks ({n_test} cases): PSNR (dB) / SSIM outside the metal, "
+        "μ in [0, 0.05] 1/mm mapped to [0, 1]\n"
+    )
     print("| method | PSNR | SSIM |\n|---|---|---|")
     print(f"| uncorrected | {s['ma_psnr']:.2f} | {s['ma_ssim']:.4f} |")
     print(f"| linear interpolation (LI) | {s['li_psnr']:.2f} | {s['li_ssim']:.4f} |")
     for mode, label in VARIANTS:
-        print(f"| {label} ({methods[mode].config.train.steps} steps) | {scores[mode]['psnr']:.2f} | "
-              f"{scores[mode]['ssim']:.4f} |")
+        print(
+            f"| {label} ({methods[mode].config.train.steps} steps) | {scores[mode]['psnr']:.2f} | "
+            f"{scores[mode]['ssim']:.4f} |"
+        )
     groups = " | ".join(f"{scores['dual'][f'psnr_g{g}']:.2f}" for g in range(5))
     print(f"\nDuDoNet PSNR by metal size (largest first): {groups}")
     panel = _panel(methods, states, workdir / "demo.png")

@@ -4,8 +4,16 @@ import pytest
 
 from kfjax.cli import main
 
-TINY = ["data.source=phantom", "data.geometry=adn_quarter", "data.n_phantoms=10", "data.masks_per_slice=1",
-        "train.steps=4", "train.checkpoint_every=2", "model.se_channels=[8,16,32]", "model.ie_channels=[8,16,32]"]
+TINY = [
+    "data.source=phantom",
+    "data.geometry=adn_quarter",
+    "data.n_phantoms=10",
+    "data.masks_per_slice=1",
+    "train.steps=4",
+    "train.checkpoint_every=2",
+    "model.se_channels=[8,16,32]",
+    "model.ie_channels=[8,16,32]",
+]
 
 
 @pytest.mark.slow
@@ -13,8 +21,13 @@ def test_demo(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("KFJAX_DATA", str(tmp_path / "data"))
     assert main(["demo", "--workdir", str(tmp_path / "run"), "--no-progress", "--set", *TINY]) == 0
     out = capsys.readouterr().out
-    for row in ("| uncorrected |", "| linear interpolation (LI) |", "| image-only U-Net (4 steps) |",
-                "| DuDoNet (4 steps) |", "DuDoNet PSNR by metal size"):
+    for row in (
+        "| uncorrected |",
+        "| linear interpolation (LI) |",
+        "| image-only U-Net (4 steps) |",
+        "| DuDoNet (4 steps) |",
+        "DuDoNet PSNR by metal size",
+    ):
         assert row in out, out
     assert (tmp_path / "run" / "demo.png").stat().st_size > 10_000
     for mode in ("dual", "image"):

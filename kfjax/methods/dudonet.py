@@ -39,6 +39,7 @@ from kfjax.train.state import TrainState
 MU_WATER = 0.0192  # 1/mm at 70 keV: normalised images are μ / MU_WATER
 SINO_SCALE = 0.25  # normalised sinograms are line integrals x SINO_SCALE (a 360 mm water path is about 1.7)
 N_GROUPS = 5
+FOV_MM = 360.0  # in-plane field of view of the chest CT (512 x 0.703 mm) and of the procedural slices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,7 @@ class DataConfig:
     masks_per_slice: int = 4  # training masks drawn per training slice (of the 90)
     n_phantoms: int = 64  # procedural training slices (source=phantom; val/test get a fifth of it)
     eval_slice_step: int = 1  # evaluate on every k-th val/test slice (each with all 10 test masks)
+    pixel_size: float = 0.0  # mm; 0 = the slices' own: the chest CT's (and the phantoms') 360 mm FOV / size
     batch_size: int = 8  # global batch (paper: 8)
 
 
@@ -123,7 +125,8 @@ class DuDoNetMethod(Method):
     def dataset(self, split: str) -> ArrayDataset:
         if split not in self._datasets:
             a = self._arrays(split)
-            self._pixel_mm = float(a["pixel_mm"])
+            if abs(float(a["pixel_mm"]) - self.pixel_mm) > 1e-4:
+                raise ConfigError(f"the {split} data have {float(a['pixel_mm'])} mm pixels, the model {self.pixel_mm}")
             self._datasets[split] = ArrayDataset(
                 li_sinogram=a["li_sinogram"] * SINO_SCALE,
                 gt_sinogram=a["gt_sinogram"] * SINO_SCALE,
@@ -136,11 +139,15 @@ class DuDoNetMethod(Method):
             )
         return self._datasets[split]
 
+    @property
+    def pixel_mm(self) -> float:
+        """Pixel size of the data and the geometry (mm)."""
+        d = self.config.data
+        return d.pixel_size if d.pixel_size > 0 else FOV_MM / preset(d.geometry).image_shape[0]
+
     def geometry(self):
-        """The fan-beam geometry of the data (preset scaled to the slices' pixel size)."""
-        if not hasattr(self, "_pixel_mm"):
-            self.dataset("train")
-        return scale_geometry(preset(self.config.data.geometry), self._pixel_mm)
+        """The fan-beam geometry of the data (preset scaled to the pixel size)."""
+        return scale_geometry(preset(self.config.data.geometry), self.pixel_mm)
 
     @property
     def model(self) -> DuDoNet:
@@ -157,6 +164,23 @@ class DuDoNetMethod(Method):
                 filter=m.filter,
             )
         return self._model
+
+    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Zeros with the shapes of a batch (restoring a checkpoint needs no data)."""
+        g = self.geometry()
+        sino, image = (batch_size, g.n_views, g.n_det, 1), (batch_size, *g.image_shape, 1)
+        names = {
+            "li_sinogram": sino,
+            "gt_sinogram": sino,
+            "metal_trace": sino,
+            "li_image": image,
+            "ma_image": image,
+            "gt_image": image,
+            "metal_mask": image,
+        }
+        return {k: np.zeros(shape, np.float32) for k, shape in names.items()} | {
+            "size_group": np.zeros(batch_size, np.int32)
+        }
 
     # ---------------------------------------------------------------- training
     def _apply(self, variables, batch, train: bool):
@@ -206,3 +230,43 @@ class DuDoNetMethod(Method):
             for k in ("psnr", "ssim"):
                 values[f"{k}_g{g}"] = jnp.where(group == g, values[k], jnp.nan)
         return values
+
+    # ---------------------------------------------------------------- a user's volume
+    def infer_volume(self, state: TrainState, volume, progress: bool = True, metal_threshold: float = 2500.0):
+        """Metal artifact reduction of a CT volume in HU (`kfjax infer dudonet`); see `kfjax.methods.mar_infer`.
+
+        Each metal slice is forward-projected (70 keV μ) with the training geometry, the trace of the
+        thresholded metal is filled by LI, and the network corrects the LI sinogram and image. A real scan's
+        artifacts are already in its image, so this path sees LI of a projected image, not of raw data.
+        """
+        from kfjax.methods.mar_infer import correct_volume
+        from kfjax.physics.fbp import fbp
+        from kfjax.physics.metal import hu_to_mu, interpolate_trace, mu_to_hu
+        from kfjax.physics.projector import make_projector
+        from kfjax.train.loop import notice
+
+        geometry = self.geometry()
+        forward, _ = make_projector(geometry)
+
+        def correct(st, hu, metal):
+            sinogram = forward(hu_to_mu(hu, MU_WATER))
+            trace = forward(metal) > 0
+            li = interpolate_trace(sinogram, trace)
+            batch = {
+                "li_sinogram": li * SINO_SCALE,
+                "metal_trace": trace.astype(hu.dtype),
+                "li_image": fbp(li, geometry, self.config.model.filter) / MU_WATER,
+            }
+            return mu_to_hu(self._apply(st.variables("model"), batch, False)["x_out"] * MU_WATER, MU_WATER)
+
+        jitted = jax.jit(correct)
+        return correct_volume(
+            volume,
+            lambda hu, metal: jitted(state, hu, metal),
+            geometry.image_shape[0],
+            self.pixel_mm,
+            metal_threshold,
+            self.config.data.batch_size,
+            progress,
+            notice,
+        )

@@ -263,9 +263,12 @@ def evaluate(method: Method, state: TrainState, mesh=None, split: str = "val") -
 def restore_for_eval(method: Method, workdir: str | Path) -> TrainState:
     """Latest readable checkpoint of `workdir` as a replicated state (for eval/infer/demo)."""
     mesh = make_mesh()
-    data = method.dataset("val")
     batch_size = method.config.train.eval_batch_size or method.config.data.batch_size
-    example = data[np.arange(min(batch_size, len(data)))]
+    if hasattr(method, "example_batch"):  # shapes without building a data set
+        example = method.example_batch(batch_size)
+    else:
+        data = method.dataset("val")
+        example = data[np.arange(min(batch_size, len(data)))]
     state = init_train_state(method, mesh, example)
     directory = Path(workdir) / "checkpoints"
     if not directory.is_dir():

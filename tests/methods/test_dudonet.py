@@ -98,7 +98,6 @@ def test_eval_step_reports_baselines_and_size_groups(method):
 def test_variants(method, mode, keys):
     variant = build_method("dudonet", overrides=QUICK + [f"model.mode={mode}"])
     variant._datasets = method._datasets  # same data, no rebuild
-    variant._pixel_mm = method._pixel_mm
     batch = _batch(variant)
     state = variant.init(jax.random.key(1), batch)
     assert set(jax.jit(variant.predict)(state, batch)) == keys
