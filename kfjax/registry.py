@@ -13,7 +13,7 @@ T = TypeVar("T", bound=type)
 _METHODS: dict[str, type] = {}
 
 # Modules that register methods when imported (imported lazily, on the first lookup).
-METHOD_MODULES = ("kfjax.methods.di2in", "kfjax.methods.dudonet")
+METHOD_MODULES = ("kfjax.methods.di2in", "kfjax.methods.dudonet", "kfjax.methods.cyclegan", "kfjax.methods.adn")
 
 
 def register(name: str) -> Callable[[T], T]:
