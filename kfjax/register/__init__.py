@@ -1,0 +1,5 @@
+"""2D/3D registration: align a CT volume to X-ray images.
+
+- :mod:`kfjax.register.intensity`: intensity-based rigid registration (the "Opt." baseline) by gradient
+  descent on the similarity (NCC, gradient correlation) between DRRs and the target X-rays.
+"""
