@@ -21,11 +21,11 @@ from kfjax.train.loop import evaluate, notice, train
 
 QUICK = [
     "data.geometry=adn_half",
-    "data.masks_per_slice=2",
+    "data.masks_per_slice=1",
     "data.eval_slice_step=3",
     "data.batch_size=4",
-    "train.steps=200",
-    "train.checkpoint_every=100",
+    "train.steps=150",
+    "train.checkpoint_every=75",
     "train.log_every=10",
     "optim.lr=1e-3",
     "optim.schedule=cosine",
@@ -35,7 +35,7 @@ VARIANTS = (("image", "image-only U-Net"), ("dual", "DuDoNet"))
 
 
 def _source() -> str:
-    """ "ct" when the real chest CT is cached or can be fetched, else "phantom" (with a notice)."""
+    """`"ct"` when the real chest CT is cached or can be fetched, else "phantom" (with a notice)."""
     from kfjax.data import sources
 
     try:
