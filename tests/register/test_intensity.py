@@ -128,6 +128,15 @@ def test_recovers_known_perturbations_and_multiview_beats_single_view(case):
     np.testing.assert_allclose(again.params, two.params, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_lbfgs_with_ncc_recovers_a_perturbation(case):
+    vol, aff, c, ext, _targets, points, starts, clean = case
+    res = ri.register(vol, aff, clean, ext, CAM, starts[0], similarity="ncc", optimizer="lbfgs",
+                      levels=(ri.Level(1.0, 30),))
+    assert res.params.shape == (6,) and float(res.similarity) > 0.999
+    assert _mtre(res.params, c, points)[0] < 0.2
+
+
 def test_jitted_objective_matches_eager_and_peaks_at_the_truth(case):
     vol, aff, c, ext, _targets, _points, starts, clean = case
     axes = tuple(int(a) for a in drr.principal_axis(CAM, ext, aff))
