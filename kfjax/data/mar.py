@@ -139,7 +139,7 @@ derived.register(
         "simulator: LI/GT sinograms, metal trace, uncorrected/LI/GT images (μ, 1/mm), metal mask",
         dict(_COMMON),
         _build_ct,
-        version=1,
+        version=2,
     )
 )
 derived.register(
@@ -149,7 +149,7 @@ derived.register(
         "metal-artifact pairs from procedural CT anatomy (no files) x CNN-MAR-style masks; same arrays as mar-ct",
         dict(_COMMON, n_phantoms=64),
         _build_phantom,
-        version=1,
+        version=2,
     )
 )
 

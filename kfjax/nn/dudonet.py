@@ -43,7 +43,7 @@ class DuDoNet(nn.Module):
 
     def radon_inversion(self, sinogram: jax.Array) -> jax.Array:
         """Normalised sinogram -> normalised image through the differentiable FBP."""
-        return fbp(sinogram / self.sino_scale, self.geometry, self.filter) * self.image_scale
+        return fbp(sinogram / self.sino_scale, self.geometry, self.filter, fan_method="rebin") * self.image_scale
 
     @nn.compact
     def __call__(self, li_sinogram: jax.Array, trace: jax.Array, li_image: jax.Array, train: bool = False):

@@ -21,10 +21,12 @@ def padded_size(n_det: int) -> int:
     return int(2 ** np.ceil(np.log2(2 * n_det)))
 
 
-def ramp_response(n_det: int, spacing: float, name: str = "ram-lak") -> np.ndarray:
+def ramp_response(n_det: int, spacing: float, name: str = "ram-lak", arc: bool = False) -> np.ndarray:
     """Frequency response `(padded_size(n_det),)` float64 of the windowed ramp for bins `spacing` apart.
 
     Includes the bin width of the convolution sum, so `ifft(fft(p)·H)` approximates ∫ p(t') h(t - t') dt'.
+    `arc=True`: bins are fan angles γ = n·spacing (radians) and the kernel is the equiangular fan-beam one,
+    h(γ)·(γ/sin γ)² (Kak & Slaney eq. 3.61 without its factor 1/2).
     """
     if name not in FILTERS:
         raise ConfigError(f"unknown FBP filter {name!r}; choose one of {', '.join(FILTERS)}")
@@ -34,6 +36,9 @@ def ramp_response(n_det: int, spacing: float, name: str = "ram-lak") -> np.ndarr
     kernel[0] = 0.25
     odd = n % 2 == 1
     kernel[odd] = -1.0 / (np.pi * n[odd]) ** 2
+    if arc:
+        gamma = n[odd] * spacing
+        kernel[odd] *= (gamma / np.sin(gamma)) ** 2
     response = np.real(np.fft.fft(kernel)) / spacing  # DTFT of Δ·h(nΔ): |f| up to 1/(2Δ) cycles/mm
     omega = 2 * np.pi * np.fft.fftfreq(size)  # radians per bin, [-π, π)
     if name == "shepp-logan":
@@ -47,10 +52,10 @@ def ramp_response(n_det: int, spacing: float, name: str = "ram-lak") -> np.ndarr
     return response
 
 
-def ramp_filter(sinogram: jnp.ndarray, spacing: float, name: str = "ram-lak") -> jnp.ndarray:
+def ramp_filter(sinogram: jnp.ndarray, spacing: float, name: str = "ram-lak", arc: bool = False) -> jnp.ndarray:
     """Filter `(B, n_views, n_det, C)` along the detector axis; returns the same shape (units: 1/mm × input)."""
     n_det = sinogram.shape[2]
-    response = ramp_response(n_det, spacing, name)
+    response = ramp_response(n_det, spacing, name, arc)
     size = response.shape[0]
     spectrum = jnp.fft.rfft(sinogram, n=size, axis=2)
     half = jnp.asarray(response[: size // 2 + 1], dtype=sinogram.dtype)
