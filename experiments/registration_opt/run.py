@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         "compile_seconds": compile_s,
     }
     meta = {
-        "command": "python " + " ".join([sys.argv[0].split("/work/main/")[-1]] + list(argv if argv else sys.argv[1:])),
+        "command": "python " + " ".join([_relative(sys.argv[0])] + list(argv if argv else sys.argv[1:])),
         "args": {**vars(args), "out": _relative(args.out)},
         "volume": {"registration_shape": list(vol.shape), "registration_spacing_mm": np.abs(np.diag(aff)[:3]).tolist(),
                    "target_shape": list(hu.shape)},
