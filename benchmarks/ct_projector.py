@@ -23,12 +23,10 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from readme_section import write_section
 
-README = Path(__file__).with_name("README.md")
-BEGIN, END = "<!-- ct_projector:begin -->", "<!-- ct_projector:end -->"
 N = 256
 
 
@@ -251,17 +249,6 @@ def gpu_run(args) -> str:
     )
 
 
-def write_readme(text: str) -> None:
-    content = README.read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in content:
-        head, rest = content.split(BEGIN, 1)
-        content = head + block + rest.split(END, 1)[1]
-    else:
-        content = content.rstrip() + "\n\n## CT projector\n\n" + block + "\n"
-    README.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -282,7 +269,7 @@ def main() -> None:
     text = f"`{command}`\n\n{text}"
     print(text)
     if args.write:
-        write_readme(text)
+        write_section("ct_projector", "CT projector", text)
 
 
 if __name__ == "__main__":

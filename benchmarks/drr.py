@@ -23,12 +23,10 @@ import datetime
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from readme_section import write_section
 
-README = Path(__file__).with_name("README.md")
-BEGIN, END = "<!-- drr:begin -->", "<!-- drr:end -->"
 FOV = 400.0  # mm
 
 
@@ -195,17 +193,6 @@ def run(args) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    content = README.read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in content:
-        head, rest = content.split(BEGIN, 1)
-        content = head + block + rest.split(END, 1)[1]
-    else:
-        content = content.rstrip() + "\n\n## DRR renderer\n\n" + block + "\n"
-    README.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -217,7 +204,7 @@ def main() -> None:
     text = f"`python benchmarks/drr.py{' --siddon' if args.siddon else ''} --write`\n\n{run(args)}"
     print(text)
     if args.write:
-        write_readme(text)
+        write_section("drr", "DRR renderer", text)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-README = Path(__file__).with_name("README.md")
-BEGIN, END = "<!-- dudonet_step:begin -->", "<!-- dudonet_step:end -->"
+from readme_section import write_section
 
 
 def measure(args) -> dict:
@@ -130,14 +128,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        content = README.read_text()
-        block = f"{BEGIN}\n{text}\n{END}"
-        if BEGIN in content:
-            head, rest = content.split(BEGIN, 1)
-            content = head + block + rest.split(END, 1)[1]
-        else:
-            content = content.rstrip() + "\n\n## DuDoNet train step\n\n" + block + "\n"
-        README.write_text(content)
+        write_section("dudonet_step", "DuDoNet train step", text)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Not a kfjax dependency: run it in a scratch environment that has the two field libraries, e.g.
 
-    python -m venv /tmp/xrtab && /tmp/xrtab/bin/pip install spekpy xraydb
-    /tmp/xrtab/bin/python tools/make_xray_tables.py            # writes the .npz and its provenance .json
+    python -m venv xrtab-venv && xrtab-venv/bin/pip install spekpy xraydb   # a scratch venv anywhere
+    xrtab-venv/bin/python tools/make_xray_tables.py            # writes the .npz and its provenance .json
 
 What it computes, on energies 20..120 keV in 1 keV steps (the grid of methods.md §0.3):
 
