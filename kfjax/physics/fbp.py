@@ -13,7 +13,6 @@ backprojection through its custom VJP (a forward projection).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import flax.linen as nn
@@ -195,10 +194,3 @@ class RadonInversion(nn.Module):
     def __call__(self, sinogram: jnp.ndarray) -> jnp.ndarray:
         return fbp(sinogram, self.geometry, self.filter, fan_method="rebin")
 
-
-def with_image(geometry, image_shape: tuple[int, int], pixel_size: float | None = None):
-    """Copy of `geometry` reconstructing onto another grid (shape, and pixel size in mm if given)."""
-    changes = {"image_shape": tuple(image_shape)}
-    if pixel_size is not None:
-        changes["pixel_size"] = float(pixel_size)
-    return dataclasses.replace(geometry, **changes)

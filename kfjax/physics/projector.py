@@ -17,6 +17,7 @@ computations.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -149,8 +150,6 @@ def make_projector(geometry, image_shape: tuple[int, int] | None = None):
     `image_shape` overrides `geometry.image_shape`.
     """
     if image_shape is not None and tuple(image_shape) != tuple(geometry.image_shape):
-        import dataclasses
-
         geometry = dataclasses.replace(geometry, image_shape=tuple(image_shape))
     image_dims = tuple(geometry.image_shape)
     sino_dims = (geometry.n_views, geometry.n_det)

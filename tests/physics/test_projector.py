@@ -14,7 +14,7 @@ from kfjax.errors import InputError
 from kfjax.physics import analytic
 from kfjax.physics.conventions import from_skimage
 from kfjax.physics.geometry import FanBeam, ParallelBeam, preset
-from kfjax.physics.projector import make_projector
+from kfjax.physics.projector import make_projector, operator_norm
 
 GEOMETRIES = {
     "parallel-180": ParallelBeam(n_views=37, n_det=61, det_spacing=0.8, image_shape=(40, 33), pixel_size=1.1),
@@ -202,3 +202,13 @@ def test_mass_is_conserved_per_view():
     image[0, 6:18, 8:14] = 1.0
     sino = np.asarray(jax.jit(make_projector(g)[0])(image))
     np.testing.assert_allclose(sino.sum(axis=2)[0, :, 0] * g.det_spacing, image.sum() * 1.5**2, rtol=2e-3)
+
+
+def test_operator_norm_matches_the_largest_singular_value():
+    g = ParallelBeam(n_views=12, n_det=15, image_shape=(8, 8))
+    forward, _ = make_projector(g)
+    with jax.enable_x64(True):
+        columns = jnp.eye(64).reshape(64, 8, 8, 1)
+        matrix = np.asarray(jax.jit(forward)(columns)).reshape(64, -1).T  # (rays, pixels)
+    largest = np.linalg.svd(matrix, compute_uv=False)[0]
+    assert operator_norm(g, iterations=50) == pytest.approx(largest, rel=1e-3)
