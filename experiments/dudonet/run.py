@@ -93,12 +93,15 @@ def table(results: list[dict], args) -> str:
     import jax
 
     by_variant = {v: [r for r in results if r["variant"] == v] for v in VARIANTS}
-    head = "| method | " + " | ".join(f"PSNR g{g}" for g in range(GROUPS)) + " | PSNR | SSIM | paper PSNR / SSIM |"
-    lines = [head, "|" + "---|" * (GROUPS + 4)]
+    head = (
+        "| method | seeds | " + " | ".join(f"PSNR g{g}" for g in range(GROUPS)) + " | PSNR | SSIM | paper PSNR / SSIM |"
+    )
+    lines = [head, "|" + "---|" * (GROUPS + 5)]
     first = results[0]["scores"]
+    n_test = results[0]["n_test"]
     for name, prefix in (("uncorrected", "ma_"), ("LI", "li_")):
         lines.append(
-            f"| {name} | "
+            f"| {name} | | "
             + " | ".join("" for _ in range(GROUPS))
             + f" | {first[prefix + 'psnr']:.2f} | {first[prefix + 'ssim']:.4f} | "
             + (f"{PAPER[name][0]} / {PAPER[name][1]}" if PAPER.get(name) else "")
@@ -111,7 +114,7 @@ def table(results: list[dict], args) -> str:
         paper = PAPER.get(variant)
         paper_cell = "" if not paper else f"{paper[0]}" + (f" / {paper[1]}" if paper[1] else "")
         lines.append(
-            f"| {VARIANTS[variant][1]} | "
+            f"| {VARIANTS[variant][1]} | {len(runs)} | "
             + " | ".join(groups)
             + f" | {_cell([r['scores']['psnr'] for r in runs], 2)} | "
             + f"{_cell([r['scores']['ssim'] for r in runs], 4)} | {paper_cell} |"
@@ -121,9 +124,9 @@ def table(results: list[dict], args) -> str:
     lines += [
         "",
         (
-            f"Seeds {seeds}; {first['n_test']} test cases (test slices x 10 masks); geometry {args.geometry}; "
+            f"Seeds {seeds}; {n_test} test cases (test slices x 10 masks); geometry {args.geometry}; "
             f"{args.steps} steps of batch {args.batch}, Adam lr {args.lr} cosine, {args.masks} training masks per "
-            f"slice. Training took {minutes:.1f} min per run on average ({first['devices']} device(s)); "
+            f"slice. Training took {minutes:.1f} min per run on average ({results[0]['devices']} device(s)); "
             f"{datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores, jax {jax.__version__}. "
             "g0 = largest metal ... g4 = smallest. Uncorrected and LI are the same for every seed."
         ),
@@ -141,8 +144,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--write", action="store_true", help="replace the table in README.md")
+    parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     args = parser.parse_args()
-    results = [run_one(v, s, args) for s in args.seeds for v in args.variants]
+    if args.table_only:
+        found = sorted((HERE / "runs" / args.geometry).glob("*/result.json"))
+        results = [json.loads(p.read_text()) for p in found]
+        results = [r for r in results if r["variant"] in args.variants and r["seed"] in args.seeds]
+    else:
+        results = [run_one(v, s, args) for s in args.seeds for v in args.variants]
     text = table(results, args)
     print(text)
     if args.write:
