@@ -56,7 +56,8 @@ def main() -> None:
     p.add_argument("--base", type=int, default=16, help="ADN base channels / CycleGAN ngf")
     p.add_argument("--dip-pairs", type=int, default=10, help="test pairs given to DIP (the first ones)")
     p.add_argument("--dip-iterations", type=int, default=300)
-    p.add_argument("--skip", nargs="*", default=[], help="parts to skip: adn cyclegan dip")
+    p.add_argument("--skip", nargs="*", default=[], help="parts to skip: adn cyclegan dip-image dip-sinogram")
+    p.add_argument("--keep", action="store_true", help="keep the rows of skipped parts from results.json")
     args = p.parse_args()
 
     data = [f"data.source={args.source}", f"data.downsample={args.downsample}", "data.batch_size=2",
@@ -82,9 +83,9 @@ def main() -> None:
             rows.setdefault(name, []).append(result)
             times.setdefault(name, []).append(seconds)
             print(name, seed, result, f"{seconds:.0f}s", flush=True)
-    if "dip" not in args.skip:
+    if "dip-image" not in args.skip or "dip-sinogram" not in args.skip:
         sub = {k: (v[: args.dip_pairs] if getattr(v, "ndim", 0) else v) for k, v in test.items()}
-        for term in ("image", "sinogram"):
+        for term in [t for t in ("image", "sinogram") if f"dip-{t}" not in args.skip]:
             for seed in args.seeds[:1]:
                 cfg = DIPConfig(channels=args.base, scales=3, iterations=args.dip_iterations, seed=seed)
                 start = time.perf_counter()
@@ -97,10 +98,16 @@ def main() -> None:
         rows["LI (DIP pairs)"] = [scores(downsample(to_unit_range(sub["li_image"]).astype(np.float32), f),
                                          gt[:n], metal[:n])]
     table = {name: {k: [r[k] for r in rs] for k in ("psnr", "ssim")} for name, rs in rows.items()}
+    path = HERE / "results.json"
+    if args.keep and path.exists():  # rows of parts not run now come from the earlier run
+        old = json.loads(path.read_text())
+        table = {**old["results"], **table}
+        times = {**old["seconds"], **times}
+        vars(args)["earlier_args"] = old["args"]
     out = {"args": vars(args), "n_test_pairs": len(gt), "image_size": int(gt.shape[1]), "results": table,
            "seconds": times, "machine": f"{platform.machine()} {platform.processor()}, jax {jax.__version__}, "
            f"{jax.devices()[0].platform}"}
-    (HERE / "results.json").write_text(json.dumps(out, indent=1) + "\n")
+    path.write_text(json.dumps(out, indent=1) + "\n")
     for name, t in table.items():
         print(f"{name:16s} PSNR {np.mean(t['psnr']):6.2f} ± {np.std(t['psnr']):.2f}  "
               f"SSIM {np.mean(t['ssim']):.3f} ± {np.std(t['ssim']):.3f}  (n={len(t['psnr'])})")

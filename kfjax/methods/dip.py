@@ -31,7 +31,7 @@ from kfjax.data.unpaired import downsample as block_downsample
 from kfjax.errors import ConfigError
 from kfjax.nn.skip import SkipNet
 
-__all__ = ["DIPConfig", "make_fit", "mar_dip"]
+__all__ = ["DIPConfig", "make_fit", "mar_dip", "mar_geometry"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,16 @@ def make_fit(cfg: DIPConfig, image_shape: tuple[int, int], forward: Callable | N
     return fit
 
 
+def mar_geometry(geometry, pixel_mm: float, downsample: int = 1):
+    """The MAR data's geometry (`geometry` scaled to the data's `pixel_mm`) seen by an image block-averaged
+    by `downsample`: the same source, detector and rays, pixels `downsample` times larger, fewer of them."""
+    from kfjax.physics.metal import scale_geometry
+
+    fan = scale_geometry(geometry, pixel_mm)
+    h, w = fan.image_shape
+    return dataclasses.replace(fan, pixel_size=pixel_mm * downsample, image_shape=(h // downsample, w // downsample))
+
+
 def mar_dip(cfg: DIPConfig, arrays: dict[str, np.ndarray], data_term: str = "image", downsample: int = 1,
             batch_size: int = 4, geometry=None) -> np.ndarray:
     """DIP metal artifact reduction of every pair of `kfjax.data.mar.mar_data` arrays -> (N, H, W, 1) in [0, 1].
@@ -105,7 +115,6 @@ def mar_dip(cfg: DIPConfig, arrays: dict[str, np.ndarray], data_term: str = "ima
     fold_in(key(seed), i), so results do not depend on `batch_size`.
     """
     from kfjax.physics.geometry import preset
-    from kfjax.physics.metal import scale_geometry
     from kfjax.physics.projector import make_projector
 
     n, size = len(arrays["li_image"]), arrays["li_image"].shape[1] // downsample
@@ -115,7 +124,7 @@ def mar_dip(cfg: DIPConfig, arrays: dict[str, np.ndarray], data_term: str = "ima
         fit = make_fit(cfg, (size, size))
     elif data_term == "sinogram":
         pixel = float(arrays["pixel_mm"]) * downsample
-        fan = geometry or scale_geometry(preset("adn"), pixel)
+        fan = geometry or mar_geometry(preset("adn"), float(arrays["pixel_mm"]), downsample)
         project, _ = make_projector(fan, (size, size))
         norm = MU_RANGE * size * pixel  # sinogram scale: the line integral of MU_RANGE across the image
         target = arrays["li_sinogram"].astype(np.float32) / norm
