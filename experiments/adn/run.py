@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from kfjax import metrics
 from kfjax.config import apply_overrides
+from kfjax.data import derived
 from kfjax.data.mar import mar_data, to_unit_range
 from kfjax.data.unpaired import downsample
 from kfjax.methods.adn import ADNConfig, ADNMethod
@@ -104,7 +106,9 @@ def main() -> None:
         table = {**old["results"], **table}
         times = {**old["seconds"], **times}
         vars(args)["earlier_args"] = old["args"]
-    out = {"args": vars(args), "n_test_pairs": len(gt), "image_size": int(gt.shape[1]), "results": table,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE, check=False).stdout
+    out = {"args": vars(args), "commit": commit.strip(), "mar_data_version": derived.get_derived(f"mar-{args.source}").version,
+           "n_test_pairs": len(gt), "image_size": int(gt.shape[1]), "results": table,
            "seconds": times, "machine": f"{platform.machine()} {platform.processor()}, jax {jax.__version__}, "
            f"{jax.devices()[0].platform}"}
     path.write_text(json.dumps(out, indent=1) + "\n")
