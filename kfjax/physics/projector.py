@@ -66,7 +66,8 @@ def _forward(geometry, image: jnp.ndarray) -> jnp.ndarray:
         if not square:
             inside = inside & (k < n_major)
         # shift by one so the lower tap index is a truncation of a non-negative number; the weight comes
-        # from the integer index (see DESIGN, speed notes), never from a second floor()
+        # from that integer index, never from a second floor(), which XLA:CPU may round differently under
+        # jit(vmap) and so put a tap one whole pixel off
         shifted = jnp.clip(minor + 1, 0, n_minor.astype(dtype) + 1)
         low = shifted.astype(jnp.int32)
         frac = shifted - low.astype(dtype)
