@@ -5,7 +5,7 @@
   `(B, h, w, 1)`.
 - `ResnetGenerator`: CycleGAN's ResNet generator (7x7 stem, 2 stride-2 downsamplings, `n_blocks` residual
   blocks, 2 upsamplings, 7x7 + tanh), reflection padding. Upsampling is nearest x2 + conv, not a
-  transposed convolution (slow weight gradient on XLA, see DESIGN.md).
+  transposed convolution (its weight gradient is slow on XLA:CPU).
 - `ReflectConv`, `ResidualBlock`: reflection-padded convolution and the two-conv residual block shared with ADN.
 - Image pool: CycleGAN's history buffer of generated images as a pytree (`pool_init`, `pool_query`),
   updated inside the jitted step with an explicit key.

@@ -111,7 +111,7 @@ def _joseph(volume, start, direction, length, axis: int):
         pc = jnp.clip(base_c + kf * slope_c, -1.0, nc)
         ib = jnp.floor(pb).astype(jnp.int32)
         ic = jnp.floor(pc).astype(jnp.int32)
-        wb = (pb - ib.astype(pb.dtype))[:, None]  # weights from the integer index (see DESIGN.md)
+        wb = (pb - ib.astype(pb.dtype))[:, None]  # weights from the integer index, not a second floor()
         wc = (pc - ic.astype(pc.dtype))[:, None]
         idx = (ib + 1) * stride + (ic + 1)
         v00, v01 = plane[idx], plane[idx + 1]

