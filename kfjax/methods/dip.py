@@ -105,12 +105,13 @@ def mar_geometry(geometry, pixel_mm: float, downsample: int = 1):
 
 
 def mar_dip(cfg: DIPConfig, arrays: dict[str, np.ndarray], data_term: str = "image", downsample: int = 1,
-            batch_size: int = 4, geometry=None) -> np.ndarray:
+            batch_size: int = 4, geometry="adn") -> np.ndarray:
     """DIP metal artifact reduction of every pair of `kfjax.data.mar.mar_data` arrays -> (N, H, W, 1) in [0, 1].
 
     data_term "image": fit `to_unit_range(li_image)` outside the metal mask. "sinogram": fit the LI sinogram
-    outside the metal trace through the fan-beam projector (the data's geometry, `preset("adn")` at the data's
-    pixel size unless `geometry` is given), with μ = MU_RANGE x output. `downsample` block-averages the images
+    outside the metal trace through the fan-beam projector (the data's geometry: `geometry` names the preset
+    the data were simulated with, scaled to their pixel size, or is a geometry object used as given), with
+    μ = MU_RANGE x output. `downsample` block-averages the images
     (and doubles the projector's pixel size) like `UnpairedDataConfig.downsample`. Pair i uses key
     fold_in(key(seed), i), so results do not depend on `batch_size`.
     """
@@ -124,8 +125,12 @@ def mar_dip(cfg: DIPConfig, arrays: dict[str, np.ndarray], data_term: str = "ima
         fit = make_fit(cfg, (size, size))
     elif data_term == "sinogram":
         pixel = float(arrays["pixel_mm"]) * downsample
-        fan = geometry or mar_geometry(preset("adn"), float(arrays["pixel_mm"]), downsample)
+        fan = (mar_geometry(preset(geometry), float(arrays["pixel_mm"]), downsample) if isinstance(geometry, str)
+               else geometry)
         project, _ = make_projector(fan, (size, size))
+        if (fan.n_views, fan.n_det) != tuple(arrays["li_sinogram"].shape[1:3]):
+            raise ConfigError(f"the sinograms have {arrays['li_sinogram'].shape[1:3]} (views, bins) but the DIP "
+                              f"geometry has {(fan.n_views, fan.n_det)}; pass the preset the data were simulated with")
         norm = MU_RANGE * size * pixel  # sinogram scale: the line integral of MU_RANGE across the image
         target = arrays["li_sinogram"].astype(np.float32) / norm
         weight = 1.0 - arrays["metal_trace"].astype(np.float32)

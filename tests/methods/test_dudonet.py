@@ -110,3 +110,20 @@ def test_bad_mode_is_a_config_error():
         build_method("dudonet", overrides=["model.mode=both"])
     cfg = build_method("dudonet", overrides=QUICK).config
     assert dataclasses.asdict(cfg)["loss"] == {"sinogram": 1.0, "consistency": 1.0, "image": 1.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("geometry", ["dudonet_cvpr"])
+def test_dudonet_geometry_trains_at_416(geometry, tmp_path, monkeypatch):
+    """The DuDoNet paper's 416² geometry as a config: data, RIL and one jitted step at full size."""
+    monkeypatch.setenv("KFJAX_DATA", str(tmp_path))
+    overrides = ["data.source=phantom", f"data.geometry={geometry}", "data.n_phantoms=5", "data.masks_per_slice=1",
+                 "data.batch_size=4", "model.se_channels=[4,8]", "model.ie_channels=[4,8]"]
+    method = build_method("dudonet", overrides=overrides)
+    batch = _batch(method)
+    assert batch["li_image"].shape == (4, 416, 416, 1) and batch["li_sinogram"].shape == (4, 320, 321, 1)
+    state = method.init(jax.random.key(0), batch)
+    np.testing.assert_allclose(jax.jit(method.predict)(state, batch)["x_out"], batch["li_image"], atol=1e-5)
+    new_state, logs = jax.jit(method.train_step)(state, batch, jax.random.key(1))
+    assert np.isfinite(float(logs["loss"])) and float(logs["l1_sinogram"]) > 0
+    assert float(optax_norm(jax.tree.map(lambda a, b: a - b, new_state.params, state.params))) > 0
