@@ -7,7 +7,7 @@ data term); the ADN ablation ladder drops loss terms. Test pairs, metal masks an
 mapped to [0, 1] (data range 1), outside the metal; DIP runs on the first `--dip-pairs` pairs only.
 
     python experiments/adn/run.py --write                        # the README's table (CPU scale, see README)
-    python experiments/adn/run.py --geometry adn --base 64 --steps 60000 --write   # paper-like, needs a GPU
+    python experiments/adn/run.py --geometry adn --base 64 --steps 4500 --write   # 50 epochs at 256², a GPU
 
 Each (variant, seed) run writes `runs/<geometry>/steps<N>/<variant>-s<seed>/result.json` (and the panel cases'
 outputs); finished runs are reused, so an interrupted experiment continues where it stopped. `--write` puts
@@ -40,7 +40,7 @@ ADN_LADDER = {  # the paper's ablation (Table II): terms added one at a time; "a
 }
 LABELS = {**{k: v[1] for k, v in ADN_LADDER.items()}, "cyclegan": "CycleGAN", "dip_image": "DIP, image term",
           "dip_sinogram": "DIP, sinogram term", "dudonet": "DuDoNet (supervised, for reference)"}
-VARIANTS = ["adn", "cyclegan", "dip_image", "dip_sinogram", "adn_adv", "adn_rec", "adn_art", "dudonet"]
+VARIANTS = ["adn_adv", "adn_rec", "adn_art", "adn", "cyclegan", "dip_image", "dip_sinogram", "dudonet"]
 PAPER = {"adn": (33.6, 0.924), "cyclegan": (30.8, 0.729), "dip_image": (26.4, 0.759), "LI": (32.0, 0.910),
          "adn_adv": (21.7, 0.615), "adn_rec": (26.3, 0.821), "adn_art": (32.8, 0.916)}  # ADN paper, SYN set
 
@@ -187,7 +187,7 @@ def table(results: list[dict], test: dict, args) -> str:
                    f"{args.steps} steps of batch 2 (base {args.base}); DIP {args.dip_iterations} iterations on the "
                    f"first {args.dip_pairs} pairs; DuDoNet {args.dudonet_steps} steps of batch 4 (its time is "
                    "training only). mean ± population std over seeds; g0 = largest metal ... g4 = smallest. "
-                   f"Measured {datetime.date.today()} at commit {commit} on {platform.machine()}, {os.cpu_count()} "
+                   f"Table written {datetime.date.today()} at commit {commit} on {platform.machine()}, {os.cpu_count()} "
                    f"cores, no GPU, jax {jax.__version__}. The paper's numbers (DeepLesion, 256², 50 epochs; its "
                    "LI is the CNN-MAR-protocol row of the ADN paper) are for context only.")]
     return "\n".join(lines)

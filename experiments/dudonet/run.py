@@ -187,6 +187,12 @@ def parse_args(argv=None):
 
 def sweep_table(args) -> str:
     """Image-domain U-Net vs DuDoNet by training length and data size, from every finished run folder."""
+    import jax
+
+    from kfjax.data.derived import ct_slices
+    from kfjax.physics.geometry import preset
+
+    n_slices = len(ct_slices(size=preset(args.geometry).image_shape[0])["splits"]["train"])
     head = ("| steps (batch 4) | training pairs (masks per slice) | epochs | image-domain U-Net PSNR | DuDoNet PSNR "
             "| DuDoNet - image (dB) | seeds | min per run (image, dual) |")
     lines = [head, "|---|---|---|---|---|---|---|---|"]
@@ -200,15 +206,13 @@ def sweep_table(args) -> str:
             continue
         setting = dict(o.split("=", 1) for o in runs[0]["overrides"])
         steps, batch, masks = int(setting["train.steps"]), int(setting["data.batch_size"]), int(setting["data.masks_per_slice"])
-        pairs = runs[0].get("n_train", 89 * masks)
+        pairs = n_slices * masks
         psnr = {name: [d[s]["scores"]["psnr"] for s in seeds] for name, d in (("image", image), ("dual", dual))}
         minutes = [np.mean([d[s]["train_s"] for s in seeds]) / 60 for d in (image, dual)]
         row = (f"| {steps} | {pairs} ({masks}) | {steps * batch / pairs:.0f} | {_cell(psnr['image'], 2)} | "
                f"{_cell(psnr['dual'], 2)} | {_cell(np.subtract(psnr['dual'], psnr['image']), 2)} | "
                f"{', '.join(map(str, seeds))} | {minutes[0]:.1f}, {minutes[1]:.1f} |")
         rows.append((masks, steps, row))
-    import jax
-
     foot = (f"PSNR (dB) outside the metal on the 180 test pairs, mean ± std over seeds; geometry {args.geometry}, Adam "
             f"lr 0.001 cosine; {datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores, no GPU, jax "
             f"{jax.__version__}.")

@@ -18,7 +18,7 @@ discriminators as they were at the start of the step. Set a weight to 0 for the 
 outside the metal.
 
     kfjax train adn                                                 # procedural phantoms, 256^2
-    kfjax train adn --set data.source=ct data.downsample=2 model.base=32
+    kfjax train adn --set data.source=ct data.geometry=adn_half model.base=32   # real CT, simulated at 128²
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ ADN paper's CycleGAN baseline). Evaluation: PSNR/SSIM of G_AB(a) against the pai
 (data_range 1) over the recipe's mask (outside the metal for MAR).
 
     kfjax train cyclegan --set data.recipe=invert data.size=32 train.steps=500
-    kfjax train cyclegan --set data.source=ct data.downsample=2 model.features=32
+    kfjax train cyclegan --set data.source=ct data.geometry=adn_half model.features=32
 """
 
 from __future__ import annotations

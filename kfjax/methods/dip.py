@@ -111,9 +111,9 @@ def mar_dip(cfg: DIPConfig, arrays: dict[str, np.ndarray], data_term: str = "ima
     data_term "image": fit `to_unit_range(li_image)` outside the metal mask. "sinogram": fit the LI sinogram
     outside the metal trace through the fan-beam projector (the data's geometry: `geometry` names the preset
     the data were simulated with, scaled to their pixel size, or is a geometry object used as given), with
-    μ = MU_RANGE x output. `downsample` block-averages the images
-    (and doubles the projector's pixel size) like `UnpairedDataConfig.downsample`. Pair i uses key
-    fold_in(key(seed), i), so results do not depend on `batch_size`.
+    μ = MU_RANGE x output. `downsample` block-averages the images (and multiplies the projector's pixel size)
+    like `UnpairedDataConfig.downsample`. Pair i uses key fold_in(key(seed), i), so results do not depend on
+    `batch_size`.
     """
     from kfjax.physics.geometry import preset
     from kfjax.physics.projector import make_projector
