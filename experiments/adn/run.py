@@ -106,9 +106,14 @@ def run_dudonet(seed: int, args) -> tuple[dict, np.ndarray]:
     return {"train_s": result["train_s"]}, np.concatenate(pred)
 
 
+def run_folder(variant: str, seed: int, args) -> Path:
+    """Where one (variant, seed) run keeps result.json and panel.npy."""
+    return HERE / "runs" / args.geometry / f"steps{args.steps}" / f"{variant}-s{seed}"
+
+
 def run_one(variant: str, seed: int, test: dict, args) -> dict:
     """Train/fit one variant with one seed (or reuse its finished run): per-case scores, time, panel outputs."""
-    folder = HERE / "runs" / args.geometry / f"steps{args.steps}" / f"{variant}-s{seed}"
+    folder = run_folder(variant, seed, args)
     done = folder / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -209,8 +214,7 @@ def panels(results: list[dict], test: dict, args) -> list[str]:
             pred = test["li_image"][cases]
         else:
             runs = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["seed"])
-            path = HERE / "runs" / args.geometry / f"steps{args.steps}" / f"{variant}-s{runs[0]['seed']}/panel.npy" \
-                if runs else None
+            path = run_folder(variant, runs[0]["seed"], args) / "panel.npy" if runs else None
             if path is None or not path.is_file():
                 continue
             pred = np.load(path)
@@ -255,7 +259,7 @@ def main() -> None:
     results = []
     for variant in args.variants:
         for seed in args.seeds:
-            done = HERE / "runs" / args.geometry / f"steps{args.steps}" / f"{variant}-s{seed}" / "result.json"
+            done = run_folder(variant, seed, args) / "result.json"
             if args.table_only:
                 if done.is_file():
                     results.append(json.loads(done.read_text()))
