@@ -30,7 +30,7 @@ def measure(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from kfjax.cli import build_method
+    from kfjax.methods.registry import build as build_method
     from kfjax.physics.fbp import fbp
     from kfjax.train.loop import init_train_state
     from kfjax.train.mesh import make_mesh, shard_batch
@@ -42,8 +42,8 @@ def measure(args) -> dict:
     mesh = make_mesh()
     rng = np.random.default_rng(0)
     batch = {
-        k: (rng.random(v.shape) * (0.2 if v.ndim > 1 else 0)).astype(v.dtype)
-        for k, v in method.example_batch(args.batch).items()
+        k: (rng.random(v.shape) * (0.2 if len(v.shape) > 1 else 0)).astype(v.dtype)
+        for k, v in method.batch_spec(args.batch).items()
     }
     state = init_train_state(method, mesh, batch)
     step = make_train_step(method.train_step, mesh)

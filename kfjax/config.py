@@ -26,7 +26,7 @@ class OptimConfig:
     lr: float = 1e-3  # peak learning rate
     b1: float = 0.9  # Adam beta1
     b2: float = 0.999  # Adam beta2
-    weight_decay: float = 0.0  # decoupled weight decay (adamw only)
+    weight_decay: float = 0.0  # adamw: decoupled decay; adam, sgd: L2 added to the gradient (PyTorch's)
     schedule: str = "constant"  # constant | cosine | step
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     decay_every: int = 0  # step schedule: multiply lr by decay_factor every this many steps
@@ -44,6 +44,24 @@ class TrainConfig:
     checkpoint_every: int = 200  # save a checkpoint every this many steps (and always at the end)
     keep_checkpoints: int = 3  # keep the last K checkpoints
     eval_batch_size: int = 0  # global eval batch (0: same as data.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseDataConfig:
+    """Data settings every method has; a method's `DataConfig` extends it."""
+
+    batch_size: int = 8  # global batch size (split over all devices and processes)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    """Settings every method has; a method's config extends it and narrows `data` to its own DataConfig."""
+
+    seed: int = 0  # seeds initialisation, data order and per-step keys
+    data: BaseDataConfig = BaseDataConfig()
+    optim: OptimConfig = OptimConfig()  # optimiser of every parameter group (before optim_groups)
+    optim_groups: tuple[str, ...] = ()  # per-group overrides GROUP.FIELD=VALUE, e.g. discriminator.lr=1e-4
+    train: TrainConfig = TrainConfig()
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -1,4 +1,17 @@
-"""Test set-up: 4 fake CPU devices (set before jax is imported), float64 available on request, and helpers."""
+"""Test set-up: 4 fake CPU devices (set before jax is imported), per-session data and cache folders, the
+`gpu` marker, float64 available on request, and helpers.
+
+Isolation: every folder kfjax (or a library it calls) would write outside the test's own tmp_path points
+into one temporary folder per test session, set before any test (or module fixture) runs and restored
+after the session: KFJAX_DATA (fetched sources and derived sets: the real data are fetched once per
+session), KFJAX_CACHE (the CLI's persistent JAX compilation cache), MPLCONFIGDIR (matplotlib's font cache),
+XDG_CACHE_HOME (pip's download cache and the like) and HYPOTHESIS_STORAGE_DIRECTORY (hypothesis' caches;
+its example database is off). No test writes into the user's home or the clone. kfjax reads these
+variables when it is called, never at import.
+
+Accelerators: CPU stays the default backend (the 4 fake devices); tests marked `gpu` run only when jax
+also sees a GPU or TPU (start pytest with e.g. JAX_PLATFORMS=cpu,cuda) and are skipped otherwise.
+"""
 
 import os
 
@@ -7,6 +20,62 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+try:  # bounded, reproducible-on-CI property tests; nothing written into the clone (no example database)
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile(
+        "kfjax", database=None, deadline=None, print_blob=True, derandomize=bool(os.environ.get("CI"))
+    )
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "kfjax"))
+except ImportError:  # hypothesis is a test extra; the property-test files import it themselves
+    pass
+
+ISOLATED_FOLDERS = {
+    "KFJAX_DATA": "data",
+    "KFJAX_CACHE": "cache",
+    "MPLCONFIGDIR": "matplotlib",
+    "XDG_CACHE_HOME": "xdg-cache",
+    "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_folders(tmp_path_factory):
+    """{variable: folder} of the session's KFJAX_DATA, KFJAX_CACHE, MPLCONFIGDIR and XDG_CACHE_HOME."""
+    root = tmp_path_factory.mktemp("kfjax-session")
+    mp = pytest.MonkeyPatch()
+    folders = {}
+    for var, name in ISOLATED_FOLDERS.items():
+        folders[var] = root / name
+        folders[var].mkdir()
+        mp.setenv(var, str(folders[var]))
+    yield folders
+    mp.undo()
+
+
+def accelerators() -> list:
+    """jax devices of a GPU or TPU backend, [] when jax sees none (or only CPUs)."""
+    for backend in ("gpu", "tpu"):
+        try:
+            devices = jax.devices(backend)
+        except RuntimeError:  # backend unknown or failed to initialise
+            continue
+        if devices:
+            return devices
+    return []
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items or accelerators():
+        return
+    reason = (
+        f"needs an accelerator: jax sees only {jax.default_backend()} devices "
+        f"(JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!r}; on a GPU machine run with JAX_PLATFORMS=cpu,cuda)"
+    )
+    for item in gpu_items:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from kfjax import registry
 from kfjax.config import apply_dict, apply_overrides, load_json, save_json, to_dict, valid_keys
 from kfjax.errors import ConfigError
+from kfjax.methods import registry
 from kfjax.methods.di2in import DI2INConfig
 
 

@@ -1,25 +1,24 @@
-"""Builders of the CT derived sets (``ct-slices``, ``chest-ct-structures``) and the display orientation.
+"""The CT derived sets ``ct-slices`` and ``chest-ct-structures``: builders, registration, entry points.
 
-The public entry points are :func:`kfjax.data.derived.ct_slices` and
-:func:`kfjax.data.derived.chest_ct_structures`; the builders here run only when the cache is stale.
+:func:`ct_slices` and :func:`chest_ct_structures` (also reachable as ``kfjax.data.derived.*``) read the
+cache of :mod:`kfjax.data.cache`; the builders here run only when it is stale. Arrays are in the display
+orientation of :mod:`kfjax.io.orientation` (:data:`ORIENTATION`), found from the NIfTI affine.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
+from kfjax.data.cache import DerivedSet, build, register
 from kfjax.errors import InputError
+from kfjax.io.orientation import ORIENTATION, to_display_slices
+from kfjax.units import FOV_MM, MU_WATER_70KEV, hu_to_mu
 
-__all__ = ["DISPLAY_AXES", "ORIENTATION", "MU_WATER", "GROUPS", "to_display", "crop_affine", "hu_to_mu",
-           "build_ct_slices", "build_structures", "group_lut"]
-
-#: axcodes of the display orientation: axis 0 -> Superior, rows -> Posterior, columns -> patient's Left
-DISPLAY_AXES = ("S", "P", "L")
-ORIENTATION = ("axis 0 inferior->superior, rows anterior->posterior (top = anterior), columns patient "
-               "right->left (radiological view: the patient's left on the image right); found from the NIfTI affine")
-#: linear attenuation of water at 70 keV in 1/mm (0.192 /cm, the CNN-MAR value)
-MU_WATER = 0.0192
+__all__ = ["ORIENTATION", "GROUPS", "crop_affine", "ct_slices", "chest_ct_structures", "build_ct_slices",
+           "build_structures", "group_lut"]
 
 #: grouped labels of chest-ct-structures: group id = index; a structure joins the first group one of
 #: whose name prefixes starts its name; names matching none go to "other"
@@ -41,30 +40,12 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def to_display(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorient a volume ``(I, J, K, ...)`` to display order ``(D, H, W, ...)`` (:data:`ORIENTATION`).
-
-    The current orientation is read from ``affine`` (voxel -> RAS mm). Returns the reoriented array and
-    the affine of its index order, so world positions are unchanged.
-    """
-    import nibabel.orientations as ornt
-
-    transform = ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt(DISPLAY_AXES))
-    out = ornt.apply_orientation(array, transform)
-    return np.ascontiguousarray(out), np.asarray(affine, np.float64) @ ornt.inv_ornt_aff(transform, array.shape[:3])
-
-
 def crop_affine(affine: np.ndarray, start, step=(1.0, 1.0, 1.0)) -> np.ndarray:
     """Affine of a grid whose index ``n`` sits at old index ``start + n * step`` (a crop and/or resample)."""
     m = np.eye(4)
     m[:3, :3] = np.diag(np.asarray(step, np.float64))
     m[:3, 3] = start
     return np.asarray(affine, np.float64) @ m
-
-
-def hu_to_mu(hu: np.ndarray) -> np.ndarray:
-    """μ at 70 keV in 1/mm from HU: ``MU_WATER * (1 + HU/1000)``, HU clipped at -1000 (so μ >= 0)."""
-    return (MU_WATER * (1.0 + np.maximum(hu, -1000.0) / 1000.0)).astype(np.float32)
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -117,15 +98,14 @@ def split_positions(n: int, fractions, gap: int) -> dict[str, np.ndarray]:
 
 
 def build_ct_slices(size, inpaint, gap, fractions, saturation_hu, dilate_mm):
-    """Arrays and meta of ``ct-slices`` (see :func:`kfjax.data.derived.ct_slices`)."""
+    """Arrays and meta of ``ct-slices`` (see :func:`ct_slices`)."""
     from skimage.transform import resize
 
     if not 16 <= size <= 2048:
         raise InputError(f"ct-slices size must be between 16 and 2048 pixels, got {size} (256 and 416 are usual)")
     if gap < 0:
         raise InputError(f"the gap between splits must be >= 0 slices, got {gap}")
-    data = _load_chest_ct()
-    hu, affine = to_display(data["ct"].array, data["ct"].affine)
+    hu, affine = to_display_slices(_load_chest_ct()["ct"])
     hu = np.maximum(hu.astype(np.float32), -1000.0)  # -2048 outside the scan circle, and HU < -1000 -> air
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     radius = max(1, int(round(dilate_mm / spacing[1])))
@@ -169,10 +149,10 @@ def group_lut(names: list[str]) -> np.ndarray:
 
 
 def build_structures():
-    """Arrays and meta of ``chest-ct-structures`` (see :func:`kfjax.data.derived.chest_ct_structures`)."""
+    """Arrays and meta of ``chest-ct-structures`` (see :func:`chest_ct_structures`)."""
     data = _load_chest_ct()
     names = data["structures"]
-    labels, affine = to_display(data["mask"].array, data["mask"].affine)
+    labels, affine = to_display_slices(data["mask"])
     groups = group_lut(names)[labels]
     present = [i for i in np.unique(labels) if names[i].startswith("vertebrae_")]
     centres = ndimage.center_of_mass(np.ones(labels.shape, np.float32), labels, present)
@@ -186,3 +166,67 @@ def build_structures():
             "landmark_names": lm_names, "structures": names, "orientation": ORIENTATION,
             "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]}
     return arrays, meta
+
+
+# ---------------------------------------------------------------- the sets and their entry points
+
+register(DerivedSet(
+    "ct-slices", ("chest-ct",),
+    f"axial chest-ct slices resampled to size^2 over the {FOV_MM:.0f} mm FOV: HU, μ at 70 keV (1/mm), body and "
+    "invalid (contrast saturation) masks, train/val/test by slice position",
+    {"size": 256, "inpaint": True, "gap": 4, "fractions": [0.7, 0.15, 0.15], "saturation_hu": 3000.0,
+     "dilate_mm": 2.0},
+    build_ct_slices, version=1,
+))
+register(DerivedSet(
+    "chest-ct-structures", ("chest-ct",),
+    "chest-ct label map grouped (bone, lung, heart, vessel, liver, kidney, spleen, ...), vertebra centroids "
+    "as landmarks in RAS mm",
+    {}, build_structures, version=1, compress=True,
+))
+
+
+def ct_slices(size: int = 256, inpaint: bool = True, gap: int = 4, fractions=(0.7, 0.15, 0.15),
+              saturation_hu: float = 3000.0, dilate_mm: float = 2.0) -> dict[str, Any]:
+    """All 133 axial slices of chest-ct on a ``size`` x ``size`` grid over the full 360 mm FOV (cached).
+
+    HU below -1000 (and the -2048 outside the scan circle) become -1000. ``invalid`` marks the contrast
+    saturation (HU >= ``saturation_hu``: about 6,200 voxels along the injection path, right subclavian and
+    brachiocephalic veins and the superior vena cava, with real streaks) dilated by ``dilate_mm`` in-plane:
+    exclude these pixels before simulating metal. With ``inpaint=True`` (default) they are also replaced by
+    the nearest soft tissue (-100..200 HU), smoothed, so the returned HU no longer hold the saturation;
+    ``invalid`` still says where it was.
+
+    Returns a dict:
+        hu (N, size, size, 1) float32 HU; mu (N, size, size, 1) float32 μ at 70 keV in 1/mm
+        (:func:`kfjax.units.hu_to_mu` with :data:`kfjax.units.MU_WATER_70KEV`); body, invalid
+        (N, size, size, 1) bool; affine (4, 4) index (d, r, c) -> RAS mm; pixel_mm (float,
+        :data:`kfjax.units.FOV_MM` / size mm); slice_mm (2.5); splits: train/val/test -> slice indices,
+        contiguous blocks inferior -> superior in that order with ``gap`` slices unused between blocks;
+        meta (dict). Orientation: see :data:`kfjax.io.orientation.ORIENTATION`.
+    """
+    arrays, meta = build("ct-slices", size=size, inpaint=inpaint, gap=gap, fractions=list(fractions),
+                         saturation_hu=saturation_hu, dilate_mm=dilate_mm)
+    hu = arrays["hu"][..., None]
+    return {"hu": hu, "mu": hu_to_mu(hu, MU_WATER_70KEV).astype(np.float32), "body": arrays["body"][..., None],
+            "invalid": arrays["invalid"][..., None], "affine": arrays["affine"], "pixel_mm": meta["pixel_mm"][0],
+            "slice_mm": meta["slice_mm"], "splits": {s: arrays[f"split_{s}"] for s in ("train", "val", "test")},
+            "meta": meta}
+
+
+def chest_ct_structures() -> dict[str, Any]:
+    """chest-ct with grouped labels and vertebra landmarks, in display orientation (groups cached).
+
+    Returns a dict:
+        ct (D, H, W) float32 HU (133, 512, 512; -2048 outside the scan circle set to -1000);
+        labels (D, H, W) uint8, the 89 original structure labels (ids up to 118, ``structures[id]``);
+        groups (D, H, W) uint8, index into ``group_names`` (background, bone, lung, heart, vessel, liver,
+        kidney, spleen, airway, digestive, muscle, other); landmarks_ras (n, 3) float64 vertebra centroids
+        in RAS world mm, superior first, named by ``landmark_names`` (e.g. "C5" ... "L3");
+        affine (4, 4) index (d, r, c) -> RAS mm; spacing_mm (3,); meta.
+    """
+    arrays, meta = build("chest-ct-structures")
+    hu, _ = to_display_slices(_load_chest_ct()["ct"])
+    return {"ct": np.maximum(hu, -1000.0).astype(np.float32), **arrays, "group_names": meta["group_names"],
+            "structures": meta["structures"], "landmark_names": meta["landmark_names"],
+            "spacing_mm": meta["spacing_mm"], "meta": meta}

@@ -7,8 +7,8 @@ The CNN-MAR / DuDoNet protocol (methods.md §0.3, §9) on data we have offline:
   them, drawn with the seed) and the 10 fixed test masks, every val/test slice with all 10, so results can be
   reported per size group (`METAL_TEST_GROUPS`, largest metal first);
 - physics: `kfjax.physics.metal.make_metal_simulator` at a preset geometry (ADN's 256² by default). The pixel
-  size is the slices' own (360 mm / size for the chest CT) unless set, and the geometry (source distance 1075
-  pixels) scales with it.
+  size is the slices' own (`kfjax.units.FOV_MM` / size, 360 mm / size, for the chest CT and the procedural
+  slices) unless set, and the geometry (source distance 1075 pixels) scales with it.
 
 `mar_data(split, ...)` returns host arrays (float32 unless stated):
     li_sinogram, gt_sinogram (B, V, D, 1)    LI-corrected and metal-free (monochromatic) line integrals
@@ -16,16 +16,20 @@ The CNN-MAR / DuDoNet protocol (methods.md §0.3, §9) on data we have offline:
     ma_image, li_image, gt_image (B, H, W, 1) μ (1/mm): uncorrected FBP, FBP of LI, metal-free truth
     metal_mask (B, H, W, 1) uint8            metal pixels
     slice_index, mask_index, size_group (B,) int32   provenance; size_group -1 for training pairs
-Sets are cached through `kfjax.data.derived` (`mar-ct`, `mar-phantom`), so `kfjax data fetch mar-ct
---param split=test` builds one ahead of training.
+Sets are cached through `kfjax.data.cache` (`mar-ct`, `mar-phantom`, registered here), so `kfjax data fetch
+mar-ct --param split=test` builds one ahead of training. Scoring maps μ to [0, 1] with
+`kfjax.units.to_unit_range` (window [0, `kfjax.units.MU_RANGE`] 1/mm).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from kfjax.data import derived, phantoms
+from kfjax.data import phantoms
+from kfjax.data.cache import DerivedSet, build, register
+from kfjax.data.ct import ct_slices
 from kfjax.errors import InputError
+from kfjax.units import FOV_MM
 
 SPLITS = ("train", "val", "test")
 ARRAYS = (
@@ -40,19 +44,18 @@ ARRAYS = (
     "mask_index",
     "size_group",
 )
-MU_RANGE = 0.05  # μ (1/mm) mapped to 1 for metrics: ADN's [0, 0.5] 1/cm window
 
 
 def _slices(source: str, size: int, split: str, n_phantoms: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """(hu (N, size, size, 1), slice ids (N,), pixel size mm) of one split."""
     if source == "ct":
-        data = derived.ct_slices(size=size)
+        data = ct_slices(size=size)
         ids = np.asarray(data["splits"][split], np.int32)
         return data["hu"][ids].astype(np.float32), ids, float(data["pixel_mm"])
     count = n_phantoms if split == "train" else max(1, n_phantoms // 5)
     split_id = SPLITS.index(split)
     hu = [phantoms.ct_anatomy_2d(np.random.default_rng((seed, split_id, i)), size)[0] for i in range(count)]
-    return np.stack(hu).astype(np.float32), np.arange(count, dtype=np.int32), 360.0 / size
+    return np.stack(hu).astype(np.float32), np.arange(count, dtype=np.int32), FOV_MM / size
 
 
 def _pairs(split: str, n_slices: int, masks_per_slice: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,8 +134,8 @@ _COMMON = {
     "seed": 0,
     "slice_step": 1,
 }
-derived.register(
-    derived.DerivedSet(
+register(
+    DerivedSet(
         "mar-ct",
         ("chest-ct",),
         "metal-artifact pairs from the real chest CT slices x CNN-MAR-style masks through the polychromatic "
@@ -142,8 +145,8 @@ derived.register(
         version=2,
     )
 )
-derived.register(
-    derived.DerivedSet(
+register(
+    DerivedSet(
         "mar-phantom",
         (),
         "metal-artifact pairs from procedural CT anatomy (no files) x CNN-MAR-style masks; same arrays as mar-ct",
@@ -158,12 +161,7 @@ def mar_data(split: str, source: str = "ct", **params) -> dict[str, np.ndarray]:
     """The arrays of one split (see the module docstring); `source` "ct" (real chest CT) or "phantom"."""
     if source not in ("ct", "phantom"):
         raise InputError(f"MAR data source must be 'ct' or 'phantom', got {source!r}")
-    arrays, meta = derived.build(f"mar-{source}", split=split, **params)
+    arrays, meta = build(f"mar-{source}", split=split, **params)
     arrays = dict(arrays)
     arrays["pixel_mm"] = np.float32(meta["pixel_mm"])
     return arrays
-
-
-def to_unit_range(mu: np.ndarray) -> np.ndarray:
-    """μ (1/mm) -> [0, 1] for PSNR/SSIM: clip to [0, MU_RANGE] and divide (ADN's [0, 0.5] 1/cm window)."""
-    return np.clip(mu / MU_RANGE, 0.0, 1.0)

@@ -1,7 +1,7 @@
 """MR images simulated by spin-echo signal equations from tissue fractions or tissue labels.
 
 Used by the ``mr-t1t2`` derived set (tissue fractions from the real MNI152 template, see
-:func:`kfjax.data.derived.mr_t1t2`) and by :func:`kfjax.data.phantoms.brain_slice` (procedural labels).
+:func:`mr_t1t2`, registered here) and by :func:`kfjax.data.phantoms.brain_slice` (procedural labels).
 The images are *simulated*: contrast comes from literature relaxation times, not from a scanner, and the
 bias fields and noise are synthetic. They imitate tissue contrast, partial volume, intensity
 inhomogeneity and the Rician noise floor; they do not imitate flow, susceptibility, motion, Gibbs
@@ -16,13 +16,19 @@ is strong in every contrast at both fields.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
+from kfjax.data.cache import DerivedSet, build, register
+from kfjax.data.ct import crop_affine
 from kfjax.errors import InputError
+from kfjax.io import Volume
+from kfjax.io.orientation import to_display_slices
 
 __all__ = ["TISSUES", "RELAXATION", "SEQUENCES", "CONTRASTS", "tissue_signal", "bias_field", "rician",
-           "simulate", "render_labels", "mni_fractions", "build_mr_t1t2"]
+           "simulate", "render_labels", "mni_fractions", "build_mr_t1t2", "mr_t1t2", "mr_slices"]
 
 #: tissue ids used by label maps (brain_slice) and fraction stacks
 TISSUES = ("background", "csf", "gm", "wm", "fat", "skull")
@@ -147,9 +153,7 @@ def mni_fractions(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, close_mm: floa
 
 
 def build_mr_t1t2(field, noise, bias, seed, margin):
-    """Arrays and meta of ``mr-t1t2`` (see :func:`kfjax.data.derived.mr_t1t2`)."""
-    from kfjax.data.ct import crop_affine, to_display
-
+    """Arrays and meta of ``mr-t1t2`` (see :func:`mr_t1t2`)."""
     _table(field)
     data = _load_mni152()
     gm, wm, t1 = data["gm"].array, data["wm"].array, data["t1"].array
@@ -157,7 +161,7 @@ def build_mr_t1t2(field, noise, bias, seed, margin):
     gm, wm = gm / over, wm / over
     csf, region = mni_fractions(t1, gm, wm)
     gm, wm = gm * region, wm * region  # background = everything outside the brain region
-    stack, affine = to_display(np.stack([csf, gm, wm], axis=-1), data["t1"].affine)
+    stack, affine = to_display_slices(Volume(np.stack([csf, gm, wm], axis=-1), data["t1"].affine))
     inside = stack.sum(-1) > 0
     lo = np.maximum(np.argwhere(inside).min(0) - margin, 0)
     hi = np.minimum(np.argwhere(inside).max(0) + 1 + margin, inside.shape)
@@ -180,3 +184,44 @@ def _load_mni152():
     from kfjax.data.sources import load
 
     return load("mni152")
+
+
+register(DerivedSet(
+    "mr-t1t2", ("mni152",),
+    "T1w/T2w/PD spin-echo images simulated from the real MNI152 template's tissue maps (GM/WM/CSF), "
+    "1.5 T or 3 T, bias fields and Rician noise, 1 mm",
+    {"field": 3.0, "noise": 0.02, "bias": 0.2, "seed": 0, "margin": 4},
+    build_mr_t1t2, version=1,
+))
+
+
+def mr_t1t2(field: float = 3.0, noise: float = 0.02, bias: float = 0.2, seed: int = 0, margin: int = 4) -> dict[str, Any]:
+    """T1w, T2w and PD images simulated from a real template (MNI152 2009a) at ``field`` tesla (cached).
+
+    Simulated, not acquired: tissue fractions GM/WM from the template, CSF derived (see
+    :func:`mni_fractions`), spin-echo signal with literature T1/T2/PD
+    (:data:`RELAXATION`), a different smooth bias field per contrast and Rician noise of
+    std ``noise`` times the brightest tissue, all from ``seed``. The volume is cropped to the brain region
+    plus ``margin`` voxels; background (skull, scalp) has no signal (skull-stripped simulation).
+
+    Returns a dict:
+        t1w, t2w, pd (D, H, W) float32, arbitrary units (water = 1), 1 mm voxels, display orientation
+        (axial slices are ``[k]``); fractions (D, H, W, 4) float32 background/csf/gm/wm summing to 1;
+        labels (D, H, W) uint8 argmax of fractions; affine (4, 4) index -> RAS (MNI) mm; meta.
+    """
+    arrays, meta = build("mr-t1t2", field=field, noise=noise, bias=bias, seed=seed, margin=margin)
+    tissue = arrays["fractions"].astype(np.float32)
+    fractions = np.concatenate([np.clip(1.0 - tissue.sum(-1, keepdims=True), 0.0, 1.0), tissue], axis=-1)
+    return {**{c: arrays[c] for c in CONTRASTS}, "fractions": fractions,
+            "labels": np.argmax(fractions, axis=-1).astype(np.uint8), "affine": arrays["affine"], "meta": meta}
+
+
+def mr_slices(data: dict[str, Any], keys=("t1w", "t2w"), min_brain: float = 0.25):
+    """2-D axial slices of :func:`mr_t1t2` output whose brain area is >= ``min_brain`` of the largest one.
+
+    Returns ``images (N, H, W, len(keys))`` float32, ``labels (N, H, W, 1)`` uint8 and the slice indices ``(N,)``.
+    """
+    area = (data["labels"] > 0).sum(axis=(1, 2))
+    index = np.flatnonzero(area >= min_brain * area.max())
+    images = np.stack([data[k][index] for k in keys], axis=-1)
+    return images, data["labels"][index][..., None], index

@@ -2,7 +2,7 @@
 
 Every generator takes a ``numpy.random.Generator`` (or is fixed, like :func:`metal_masks`) and returns
 numpy arrays; the same generator state gives the same arrays. 2-D images are in the display orientation
-of :mod:`kfjax.data.ct` (rows anterior -> posterior, columns patient right -> left).
+of :mod:`kfjax.io.orientation` (rows anterior -> posterior, columns patient right -> left).
 
 `organ_phantom` imitates one abdominal organ (a liver-like blob) inside a body outline in a
 normalised CT-like intensity scale, with neighbouring structures of similar intensity that touch it,

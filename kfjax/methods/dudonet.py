@@ -23,27 +23,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfjax import losses, metrics
-from kfjax.config import OptimConfig, TrainConfig
-from kfjax.data.mar import MU_RANGE, mar_data
+from kfjax import losses
+from kfjax.config import BaseConfig, BaseDataConfig, OptimConfig, TrainConfig
+from kfjax.data.mar import mar_data
 from kfjax.data.pipeline import ArrayDataset
 from kfjax.errors import ConfigError
-from kfjax.methods.base import Method
+from kfjax.methods.common.mar import MARInferConfig, by_size_group, correct_volume, unit_scores
+from kfjax.methods.common.supervised import SupervisedMethod
+from kfjax.methods.registry import register
 from kfjax.nn.dudonet import MODES, DuDoNet
 from kfjax.physics.geometry import preset
 from kfjax.physics.metal import scale_geometry
-from kfjax.registry import register
-from kfjax.train.optim import make_optimizer
+from kfjax.train.method import Inference
 from kfjax.train.state import TrainState
+from kfjax.units import FOV_MM, MU_RANGE, MU_WATER_70KEV, hu_to_mu, mu_to_hu
 
-MU_WATER = 0.0192  # 1/mm at 70 keV: normalised images are μ / MU_WATER
 SINO_SCALE = 0.25  # normalised sinograms are line integrals x SINO_SCALE (a 360 mm water path is about 1.7)
-N_GROUPS = 5
-FOV_MM = 360.0  # in-plane field of view of the chest CT (512 x 0.703 mm) and of the procedural slices
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(BaseDataConfig):
     source: str = "ct"  # "ct": real chest-CT slices (fetched once); "phantom": procedural anatomy
     geometry: str = "adn"  # fan-beam preset: adn (256²), dudonet (416², 640 views), dudonet_cvpr (416², 320)
     material: str = "Ti"  # metal: Ti, Fe, Cu, Au
@@ -71,7 +70,7 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DuDoNetConfig:
+class DuDoNetConfig(BaseConfig):
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -79,25 +78,20 @@ class DuDoNetConfig:
     # paper: Adam(0.5, 0.999), 2e-4, halved periodically; clipping for stability of the dual-domain graph
     optim: OptimConfig = OptimConfig(lr=2e-4, b1=0.5, b2=0.999, schedule="step", decay_every=2000, grad_clip=1.0)
     train: TrainConfig = TrainConfig(steps=6000, log_every=20, checkpoint_every=500)
+    infer: MARInferConfig = MARInferConfig()
 
 
 def unit_range(normalised: jax.Array) -> jax.Array:
-    """Normalised image (μ / μ_water) -> [0, 1] on the metric window μ in [0, MU_RANGE] 1/mm."""
-    return jnp.clip(normalised * MU_WATER / MU_RANGE, 0.0, 1.0)
-
-
-def image_metrics(pred: jax.Array, target: jax.Array, metal: jax.Array) -> dict[str, jax.Array]:
-    """PSNR (dB) and SSIM outside the metal of normalised images `(B, H, W, 1)`: `{name: (B,)}`."""
-    keep = 1.0 - metal
-    p, t = unit_range(pred), unit_range(target)
-    return {"psnr": metrics.psnr(p, t, 1.0, mask=keep), "ssim": metrics.ssim(p, t, 1.0, mask=keep)}
+    """Normalised image (μ / μ_water at 70 keV) -> [0, 1] on the metric window μ in [0, MU_RANGE] 1/mm."""
+    return jnp.clip(normalised * MU_WATER_70KEV / MU_RANGE, 0.0, 1.0)
 
 
 @register("dudonet")
-class DuDoNetMethod(Method):
+class DuDoNetMethod(SupervisedMethod):
     Config = DuDoNetConfig
     description = "dual-domain metal artifact reduction: SE-Net, Radon inversion layer, IE-Net (+ baselines)"
     paper = "Lin et al., CVPR 2019"
+    inference = Inference(inputs=("volume",), help="metal artifact reduction of a CT volume in HU")
 
     def __init__(self, config: DuDoNetConfig):
         super().__init__(config)
@@ -106,7 +100,6 @@ class DuDoNetMethod(Method):
         if config.data.source not in ("ct", "phantom"):
             raise ConfigError(f"data.source must be 'ct' or 'phantom', got {config.data.source!r}")
         self._datasets: dict[str, ArrayDataset] = {}
-        self._model = None
 
     # ---------------------------------------------------------------- data
     def _arrays(self, split: str) -> dict[str, np.ndarray]:
@@ -131,9 +124,9 @@ class DuDoNetMethod(Method):
                 li_sinogram=a["li_sinogram"] * SINO_SCALE,
                 gt_sinogram=a["gt_sinogram"] * SINO_SCALE,
                 metal_trace=a["metal_trace"].astype(np.float32),
-                li_image=a["li_image"] / MU_WATER,
-                ma_image=a["ma_image"] / MU_WATER,
-                gt_image=a["gt_image"] / MU_WATER,
+                li_image=a["li_image"] / MU_WATER_70KEV,
+                ma_image=a["ma_image"] / MU_WATER_70KEV,
+                gt_image=a["gt_image"] / MU_WATER_70KEV,
                 metal_mask=a["metal_mask"].astype(np.float32),
                 size_group=a["size_group"],
             )
@@ -149,56 +142,23 @@ class DuDoNetMethod(Method):
         """The fan-beam geometry of the data (preset scaled to the pixel size)."""
         return scale_geometry(preset(self.config.data.geometry), self.pixel_mm)
 
-    @property
-    def model(self) -> DuDoNet:
-        if self._model is None:
-            m = self.config.model
-            self._model = DuDoNet(
-                self.geometry(),
-                1.0 / MU_WATER,
-                SINO_SCALE,
-                mode=m.mode,
-                se_channels=tuple(m.se_channels),
-                ie_channels=tuple(m.ie_channels),
-                norm=m.norm,
-                filter=m.filter,
-            )
-        return self._model
+    def network(self) -> DuDoNet:
+        m = self.config.model
+        return DuDoNet(self.geometry(), 1.0 / MU_WATER_70KEV, SINO_SCALE, mode=m.mode, se_channels=tuple(m.se_channels),
+                       ie_channels=tuple(m.ie_channels), norm=m.norm, filter=m.filter)
 
-    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-        """Zeros with the shapes of a batch (restoring a checkpoint needs no data)."""
+    def network_inputs(self, batch) -> tuple:
+        return batch["li_sinogram"], batch["metal_trace"], batch["li_image"]
+
+    def batch_spec(self, batch_size: int):
         g = self.geometry()
-        sino, image = (batch_size, g.n_views, g.n_det, 1), (batch_size, *g.image_shape, 1)
-        names = {
-            "li_sinogram": sino,
-            "gt_sinogram": sino,
-            "metal_trace": sino,
-            "li_image": image,
-            "ma_image": image,
-            "gt_image": image,
-            "metal_mask": image,
-        }
-        return {k: np.zeros(shape, np.float32) for k, shape in names.items()} | {
-            "size_group": np.zeros(batch_size, np.int32)
-        }
+        sino = jax.ShapeDtypeStruct((batch_size, g.n_views, g.n_det, 1), jnp.float32)
+        image = jax.ShapeDtypeStruct((batch_size, *g.image_shape, 1), jnp.float32)
+        return {"li_sinogram": sino, "gt_sinogram": sino, "metal_trace": sino, "li_image": image, "ma_image": image,
+                "gt_image": image, "metal_mask": image, "size_group": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
     # ---------------------------------------------------------------- training
-    def _apply(self, variables, batch, train: bool):
-        return self.model.apply(variables, batch["li_sinogram"], batch["metal_trace"], batch["li_image"], train)
-
-    def init(self, key: jax.Array, batch) -> TrainState:
-        init_key, state_key = jax.random.split(key)
-        variables = self.model.init(init_key, batch["li_sinogram"], batch["metal_trace"], batch["li_image"])
-        tx = make_optimizer(self.config.optim, self.config.train.steps)
-        stats = {"model": variables["batch_stats"]} if "batch_stats" in variables else {}
-        return TrainState.create({"model": variables["params"]}, {"model": tx}, state_key, stats)
-
-    def _loss(self, params, state: TrainState, batch):
-        variables = {**state.variables("model"), "params": params}
-        mutable = ["batch_stats"] if "model" in state.batch_stats else []
-        out, updates = self.model.apply(
-            variables, batch["li_sinogram"], batch["metal_trace"], batch["li_image"], True, mutable=mutable
-        )
+    def loss(self, out, batch):
         w = self.config.loss
         keep = 1.0 - batch["metal_mask"]
         terms = {"image": losses.l1_loss(out["x_out"], batch["gt_image"], mask=keep)}
@@ -206,67 +166,45 @@ class DuDoNetMethod(Method):
             terms["sinogram"] = losses.l1_loss(out["y_out"], batch["gt_sinogram"], mask=batch["metal_trace"])
             terms["consistency"] = losses.l1_loss(out["x_hat"], batch["gt_image"], mask=keep)
         loss = sum(getattr(w, name) * value for name, value in terms.items())
-        return loss, (updates, {"loss": loss, **{f"l1_{k}": v for k, v in terms.items()}})
-
-    def train_step(self, state: TrainState, batch, key):
-        grads, (updates, logs) = jax.grad(self._loss, has_aux=True)(state.params["model"], state, batch)
-        stats = {"model": updates["batch_stats"]} if "batch_stats" in updates else {}
-        return state.apply_gradients({"model": grads}, **stats), logs
+        return loss, {f"l1_{k}": v for k, v in terms.items()}
 
     # ---------------------------------------------------------------- evaluation
     def predict(self, state: TrainState, batch):
-        out = self._apply(state.variables("model"), batch, False)
-        return {k: v for k, v in out.items()}
+        return dict(self.apply(state.variables("model"), batch))
 
     def eval_step(self, state: TrainState, batch):
-        out = self._apply(state.variables("model"), batch, False)
-        metal, gt = batch["metal_mask"], batch["gt_image"]
+        out = self.apply(state.variables("model"), batch)
+        metal, gt = batch["metal_mask"], unit_range(batch["gt_image"])
         values = {}
-        for name, image in (("", out["x_out"]), ("li_", batch["li_image"]), ("ma_", batch["ma_image"])):
-            for k, v in image_metrics(image, gt, metal).items():
-                values[f"{name}{k}"] = v
-        group = batch["size_group"]
-        for g in range(N_GROUPS):  # non-finite values are left out of the exact means: NaN marks other groups
-            for k in ("psnr", "ssim"):
-                values[f"{k}_g{g}"] = jnp.where(group == g, values[k], jnp.nan)
-        return values
+        for prefix, image in (("", out["x_out"]), ("li_", batch["li_image"]), ("ma_", batch["ma_image"])):
+            values.update({f"{prefix}{k}": v for k, v in unit_scores(unit_range(image), gt, metal).items()})
+        return values | by_size_group({k: values[k] for k in ("psnr", "ssim")}, batch["size_group"])
 
     # ---------------------------------------------------------------- a user's volume
-    def infer_volume(self, state: TrainState, volume, progress: bool = True, metal_threshold: float = 2500.0):
-        """Metal artifact reduction of a CT volume in HU (`kfjax infer dudonet`); see `kfjax.methods.mar_infer`.
+    def infer(self, state: TrainState, inputs, progress: bool = True):
+        """Metal artifact reduction of a CT volume in HU (`kfjax infer dudonet`).
 
-        Each metal slice is forward-projected (70 keV μ) with the training geometry, the trace of the
+        Each metal slice is forward-projected (μ at 70 keV) with the training geometry, the trace of the
         thresholded metal is filled by LI, and the network corrects the LI sinogram and image. A real scan's
         artifacts are already in its image, so this path sees LI of a projected image, not of raw data.
         """
-        from kfjax.methods.mar_infer import correct_volume
         from kfjax.physics.fbp import fbp
-        from kfjax.physics.metal import hu_to_mu, interpolate_trace, mu_to_hu
+        from kfjax.physics.metal import interpolate_trace
         from kfjax.physics.projector import make_projector
         from kfjax.train.loop import notice
 
         geometry = self.geometry()
         forward, _ = make_projector(geometry)
 
+        @jax.jit
         def correct(st, hu, metal):
-            sinogram = forward(hu_to_mu(hu, MU_WATER))
+            sinogram = forward(hu_to_mu(hu))
             trace = forward(metal) > 0
             li = interpolate_trace(sinogram, trace)
-            batch = {
-                "li_sinogram": li * SINO_SCALE,
-                "metal_trace": trace.astype(hu.dtype),
-                "li_image": fbp(li, geometry, self.config.model.filter) / MU_WATER,
-            }
-            return mu_to_hu(self._apply(st.variables("model"), batch, False)["x_out"] * MU_WATER, MU_WATER)
+            batch = {"li_sinogram": li * SINO_SCALE, "metal_trace": trace.astype(hu.dtype),
+                     "li_image": fbp(li, geometry, self.config.model.filter) / MU_WATER_70KEV}
+            return mu_to_hu(self.apply(st.variables("model"), batch)["x_out"] * MU_WATER_70KEV)
 
-        jitted = jax.jit(correct)
-        return correct_volume(
-            volume,
-            lambda hu, metal: jitted(state, hu, metal),
-            geometry.image_shape[0],
-            self.pixel_mm,
-            metal_threshold,
-            self.config.data.batch_size,
-            progress,
-            notice,
-        )
+        return correct_volume(inputs["volume"], lambda hu, metal: correct(state, hu, metal), geometry.image_shape[0],
+                              self.pixel_mm, self.config.infer.metal_threshold, self.config.data.batch_size, progress,
+                              notice)

@@ -31,15 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from kfjax.physics import carm as _carm
+from kfjax.units import MU_WATER_DRR
+from kfjax.units import hu_to_mu as _plain_hu_to_mu
 
-MU_WATER = 0.0206  # 1/mm, water at about 60 keV
 
-
-def hu_to_mu(hu, mu_water: float = MU_WATER, bone_multiplier: float = 1.0, bone_threshold: float = 350.0):
-    """HU (...) -> linear attenuation (...) 1/mm: ``mu_water * (1 + HU/1000)`` clipped at 0; voxels above
-    ``bone_threshold`` HU are multiplied by ``bone_multiplier``."""
+def hu_to_mu(hu, mu_water: float = MU_WATER_DRR, bone_multiplier: float = 1.0, bone_threshold: float = 350.0):
+    """HU (...) -> float32 jax linear attenuation (...) 1/mm for DRRs: :func:`kfjax.units.hu_to_mu`
+    (``mu_water * (1 + HU/1000)``, clipped at 0) with the DRR water value :data:`kfjax.units.MU_WATER_DRR`
+    by default; voxels above ``bone_threshold`` HU are multiplied by ``bone_multiplier``."""
     hu = jnp.asarray(hu, jnp.float32)
-    mu = mu_water * jnp.maximum(1.0 + hu / 1000.0, 0.0)
+    mu = _plain_hu_to_mu(hu, mu_water)
     return jnp.where(hu > bone_threshold, mu * bone_multiplier, mu)
 
 

@@ -136,12 +136,6 @@ def _check_common(g) -> None:
 Geometry = ParallelBeam | FanBeam
 
 
-def n_det_for_fov(image_size: int, source_distance_px: float, det_spacing_rad: float, margin: int = 0) -> int:
-    """Arc-detector bins covering the image diagonal: 2·ceil(asin(N√2/2 / D)/Δγ) + 1 + 2·margin."""
-    half = math.asin(image_size * math.sqrt(2) / 2 / source_distance_px)
-    return 2 * math.ceil(half / det_spacing_rad) + 1 + 2 * margin
-
-
 def preset(name: str, pixel_size: float | None = None) -> FanBeam:
     """The fan-beam geometries of the metal-artifact-reduction papers (MATLAB `fanbeam`, arc detector).
 

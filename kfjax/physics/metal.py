@@ -5,7 +5,8 @@
 
 Steps (methods.md §0.3; every μ in 1/mm, every length in mm, energies in keV):
 
-1. HU -> μ at the reference energy (70 keV): μ = μ_w·(1 + HU/1000), HU clipped below at -1000.
+1. HU -> μ at the reference energy (70 keV): μ = μ_w·(1 + HU/1000), HU clipped below at -1000
+   (:func:`kfjax.units.hu_to_mu`, μ_w = :data:`kfjax.units.MU_WATER_70KEV` = 0.0192 /mm).
 2. Water/bone split by thresholds (HU 100 and 1500 in μ terms): below -> water, above -> bone, in between
    bone fraction w = (μ - t_w)/(t_b - t_w), bone part w·μ, water part (1 - w)·μ.
 3. Metal: a mask (fraction of each pixel that is metal), μ_metal(70 keV) from the tables (Ti, Fe, Cu, Au,
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kfjax.errors import ConfigError, InputError
+from kfjax.units import MU_WATER_70KEV, hu_to_mu, mu_to_hu  # hu_to_mu, mu_to_hu re-exported (__all__)
 
 __all__ = [
     "MATERIALS",
@@ -71,7 +73,7 @@ class MetalConfig:
     partial_volume: bool = True  # trace-boundary bins get P_metal/4
     bhc: bool = True  # water beam-hardening correction of every polychromatic sinogram
     pixel_size: float | None = None  # mm; None keeps the geometry's, else the geometry is scaled to it
-    mu_water: float = 0.0192  # μ of water at the reference energy (1/mm), for HU <-> μ
+    mu_water: float = MU_WATER_70KEV  # μ of water at the reference energy (1/mm), for HU <-> μ
     energy: float = 70.0  # reference (monochromatic) energy in keV
     water_hu: float = 100.0  # HU at and below which a pixel is all water
     bone_hu: float = 1500.0  # HU at and above which a pixel is all bone
@@ -141,20 +143,10 @@ def bhc_coefficients(config: MetalConfig = MetalConfig()) -> np.ndarray:
     return np.linalg.lstsq(design, p_mono, rcond=None)[0]
 
 
-def hu_to_mu(hu: jnp.ndarray, mu_water: float = 0.0192) -> jnp.ndarray:
-    """HU -> μ (1/mm) at the reference energy; HU below -1000 are clipped to -1000."""
-    return (jnp.maximum(hu, -1000.0) / 1000.0 + 1.0) * mu_water
-
-
-def mu_to_hu(mu: jnp.ndarray, mu_water: float = 0.0192) -> jnp.ndarray:
-    """μ (1/mm) -> HU."""
-    return (mu / mu_water - 1.0) * 1000.0
-
-
 def decompose(mu: jnp.ndarray, config: MetalConfig = MetalConfig()) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Split μ (1/mm, any shape) into (water, bone) images with water + bone = μ (methods.md §0.3 step 2)."""
-    t_w = config.mu_water * (1.0 + config.water_hu / 1000.0)
-    t_b = config.mu_water * (1.0 + config.bone_hu / 1000.0)
+    t_w = hu_to_mu(config.water_hu, config.mu_water)
+    t_b = hu_to_mu(config.bone_hu, config.mu_water)
     fraction = jnp.clip((mu - t_w) / (t_b - t_w), 0.0, 1.0)
     bone = fraction * mu
     return mu - bone, bone
@@ -247,7 +239,7 @@ def interpolate_trace(sinogram: jnp.ndarray, trace: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(trace, filled, sinogram)
 
 
-def nmar_prior(image: jnp.ndarray, metal: jnp.ndarray, mu_water: float = 0.0192, air_hu: float = -700.0,
+def nmar_prior(image: jnp.ndarray, metal: jnp.ndarray, mu_water: float = MU_WATER_70KEV, air_hu: float = -700.0,
                bone_hu: float = 500.0) -> jnp.ndarray:
     """NMAR prior (Meyer et al. 2010) from an LI image ``(B, H, W, 1)`` μ in 1/mm: air 0, soft tissue μ_water, bone kept.
 
@@ -256,7 +248,7 @@ def nmar_prior(image: jnp.ndarray, metal: jnp.ndarray, mu_water: float = 0.0192,
     """
     smooth = jax.lax.reduce_window(jnp.pad(image, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"), 0.0, jax.lax.add,
                                    (1, 3, 3, 1), (1, 1, 1, 1), "VALID") / 9.0
-    air, bone = mu_water * (1 + air_hu / 1000), mu_water * (1 + bone_hu / 1000)
+    air, bone = hu_to_mu(air_hu, mu_water), hu_to_mu(bone_hu, mu_water)
     prior = jnp.where(smooth < air, 0.0, jnp.where(smooth > bone, image, mu_water))
     return jnp.where(metal > 0, mu_water, prior)
 
@@ -283,6 +275,62 @@ def scale_geometry(geometry, pixel_size: float):
     if getattr(geometry, "detector", "flat") != "arc":
         changes.update(det_spacing=geometry.det_spacing * k, det_offset=geometry.det_offset * k)
     return dataclasses.replace(geometry, **changes)
+
+
+def _project_materials(forward, water, bone, metal, mu_metal: float, geometry, replace_tissue: bool):
+    """Monochromatic sinograms ``(B, V, D, 1)`` of the materials (steps 3-4): one projector call for all.
+
+    Returns ``(p_water, p_bone, ma_water, ma_bone, p_metal)``: metal-free water and bone, the water and bone
+    seen with metal present (the tissue under the metal removed when ``replace_tissue``) and the metal.
+    """
+    b = water.shape[0]
+    images = [water, bone]
+    if replace_tissue:
+        images += [water * (1.0 - metal), bone * (1.0 - metal)]
+    images.append(metal * mu_metal)
+    sino = forward(jnp.concatenate(images, axis=0)).reshape(len(images), b, geometry.n_views, geometry.n_det, 1)
+    p_water, p_bone, p_metal = sino[0], sino[1], sino[-1]
+    ma_water, ma_bone = (sino[2], sino[3]) if replace_tissue else (p_water, p_bone)
+    return p_water, p_bone, ma_water, ma_bone, p_metal
+
+
+def _measure(ma_parts, gt_parts, key, ratios, spectrum, coefficients, config: MetalConfig):
+    """Metal-affected and metal-free measured sinograms (steps 5-7): polychromatic, noise (metal-affected
+    only), beam-hardening correction. ``ma_parts`` = (water, bone, metal), ``gt_parts`` = (water, bone)."""
+    ma_water, ma_bone, p_metal = ma_parts
+    p_water, p_bone = gt_parts
+    b = p_water.shape[0]
+    stacked = jnp.stack(
+        [jnp.concatenate([ma_water, p_water]), jnp.concatenate([ma_bone, p_bone]),
+         jnp.concatenate([p_metal, jnp.zeros_like(p_metal)])],
+        axis=-1,
+    )
+    poly = polychromatic(stacked, ratios, spectrum)
+    ma, gt = poly[:b], poly[b:]
+    ma = add_noise(ma, key if config.noise else None, config.n0, config.scatter)
+    if config.bhc:
+        ma, gt = apply_bhc(ma, coefficients), apply_bhc(gt, coefficients)
+    return ma, gt
+
+
+def _nmar_outputs(forward, fbp, geometry, li_image, metal, ma, trace, config: MetalConfig) -> dict:
+    """``nmar_sinogram`` and ``nmar_image`` (step 8's NMAR baseline, the LI image as prior source)."""
+    prior = nmar_prior(li_image, metal, config.mu_water)
+    sinogram = nmar_sinogram(ma, trace, forward(prior))
+    return {"nmar_sinogram": sinogram, "nmar_image": fbp(sinogram, geometry, filter=config.filter)}
+
+
+def _check_inputs(hu, metal, key, shape: tuple[int, int], config: MetalConfig):
+    """``(hu, metal, key)`` as float32 jax arrays and a key; InputError for wrong shapes or a missing key."""
+    hu = jnp.asarray(hu, jnp.float32)
+    metal = jnp.asarray(metal, jnp.float32)
+    if hu.ndim != 4 or tuple(hu.shape[1:]) != (*shape, 1):
+        raise InputError(f"hu must have shape (B, {shape[0]}, {shape[1]}, 1) for this geometry, got {tuple(hu.shape)}")
+    if metal.shape != hu.shape:
+        raise InputError(f"metal must have the shape of hu {tuple(hu.shape)}, got {tuple(metal.shape)}")
+    if config.noise and key is None:
+        raise InputError("noise is on: pass a jax PRNG key (jax.random.key(seed)), or set MetalConfig(noise=False)")
+    return hu, metal, jax.random.key(0) if key is None else key
 
 
 def make_metal_simulator(geometry, config: MetalConfig = MetalConfig()):
@@ -316,34 +364,13 @@ def make_metal_simulator(geometry, config: MetalConfig = MetalConfig()):
         b = hu.shape[0]
         water, bone = decompose(hu_to_mu(hu, config.mu_water), config)
         metal = jnp.clip(metal, 0.0, 1.0)
-        images = [water, bone]
-        if config.replace_tissue:
-            images += [water * (1.0 - metal), bone * (1.0 - metal)]
-        images.append(metal * mu_metal)
-        sino = forward(jnp.concatenate(images, axis=0)).reshape(len(images), b, geometry.n_views, geometry.n_det, 1)
-        p_water, p_bone, p_metal = sino[0], sino[1], sino[-1]
-        ma_water, ma_bone = (sino[2], sino[3]) if config.replace_tissue else (p_water, p_bone)
+        p_water, p_bone, ma_water, ma_bone, p_metal = _project_materials(
+            forward, water, bone, metal, mu_metal, geometry, config.replace_tissue)
         trace, p_metal = metal_trace(p_metal, config.partial_volume)
-        zeros = jnp.zeros_like(p_metal)
-        stacked = jnp.stack(
-            [jnp.concatenate([ma_water, p_water]), jnp.concatenate([ma_bone, p_bone]), jnp.concatenate([p_metal, zeros])],
-            axis=-1,
-        )
-        poly = polychromatic(stacked, ratios, spectrum)
-        ma, gt = poly[:b], poly[b:]
-        if config.noise:
-            ma = add_noise(ma, key, config.n0, config.scatter)
-        else:
-            ma = add_noise(ma, None, config.n0, config.scatter)
-        if config.bhc:
-            ma, gt = apply_bhc(ma, coefficients), apply_bhc(gt, coefficients)
+        ma, gt = _measure((ma_water, ma_bone, p_metal), (p_water, p_bone), key, ratios, spectrum, coefficients, config)
         li = interpolate_trace(ma, trace)
         images = fbp(jnp.concatenate([ma, li, gt]), geometry, filter=config.filter)
-        extra = {}
-        if config.nmar:
-            prior = nmar_prior(images[b : 2 * b], metal, config.mu_water)
-            extra["nmar_sinogram"] = nmar_sinogram(ma, trace, forward(prior))
-            extra["nmar_image"] = fbp(extra["nmar_sinogram"], geometry, filter=config.filter)
+        extra = _nmar_outputs(forward, fbp, geometry, images[b : 2 * b], metal, ma, trace, config) if config.nmar else {}
         return extra | {
             "gt_image": water + bone,
             "ma_image": images[:b],
@@ -360,17 +387,7 @@ def make_metal_simulator(geometry, config: MetalConfig = MetalConfig()):
     jitted = jax.jit(core)
 
     def simulate(hu, metal, key=None):
-        hu = jnp.asarray(hu, jnp.float32)
-        metal = jnp.asarray(metal, jnp.float32)
-        if hu.ndim != 4 or tuple(hu.shape[1:]) != (*shape, 1):
-            raise InputError(f"hu must have shape (B, {shape[0]}, {shape[1]}, 1) for this geometry, got {tuple(hu.shape)}")
-        if metal.shape != hu.shape:
-            raise InputError(f"metal must have the shape of hu {tuple(hu.shape)}, got {tuple(metal.shape)}")
-        if config.noise and key is None:
-            raise InputError("noise is on: pass a jax PRNG key (jax.random.key(seed)), or set MetalConfig(noise=False)")
-        if key is None:
-            key = jax.random.key(0)
-        return jitted(hu, metal, key)
+        return jitted(*_check_inputs(hu, metal, key, shape, config))
 
     simulate.geometry = geometry
     simulate.config = config

@@ -9,7 +9,7 @@ unknown is a rigid motion ``T`` of the patient, i.e. of the CT's world frame (RA
 ``affine``): view v sees the CT through ``E_v @ T``. ``T`` has 6 parameters ``params = (w, t)``: a rotation
 vector ``w`` (rad) about a centre ``c`` (mm, default the centre of the volume) and a translation ``t`` (mm)::
 
-    T x = R(w) (x - c) + c + t          (transform_from_params / params_from_transform)
+    T x = R(w) (x - c) + c + t          (transform_from_params / params_from_transform, kfjax.register.pose)
 
 Rotating about the volume centre rather than the world origin keeps rotation and translation nearly
 decoupled. :func:`register` maximises ``sum_v S(DRR_v(T), target_v)`` over ``params`` with ``S`` the
@@ -22,6 +22,9 @@ returns the best iterate it visited. Several starts (or cases) register at once 
 Targets are images in the detector's (rows, columns) layout. DRRs are rendered as line integrals, so a
 measured intensity image should be turned into one first, ``p = -log(I / I0)``; both similarities are
 invariant to affine intensity changes, so the scale of ``mu`` and of ``I0`` do not matter, only the sign.
+
+The similarities (:mod:`kfjax.register.similarity`) and the pose/resampling helpers
+(:mod:`kfjax.register.pose`) are re-exported here.
 """
 
 from __future__ import annotations
@@ -38,138 +41,21 @@ from kfjax.errors import InputError
 from kfjax.physics import carm as _carm
 from kfjax.physics import drr as _drr
 from kfjax.physics import se3
+from kfjax.register.pose import (  # re-exported (__all__)
+    downsample_volume,
+    params_from_transform,
+    resize_images,
+    transform_from_params,
+    volume_centre,
+)
+from kfjax.register.similarity import SIMILARITIES, gradient_correlation, ncc, sobel  # re-exported (__all__)
+from kfjax.register.similarity import SIMILARITY_FUNCTIONS as _SIM
 
-SIMILARITIES = ("ncc", "gc")
+__all__ = ["SIMILARITIES", "OPTIMIZERS", "Level", "DEFAULT_LEVELS", "RegistrationResult", "register", "make_objective",
+           "ncc", "gradient_correlation", "sobel", "volume_centre", "transform_from_params", "params_from_transform",
+           "downsample_volume", "resize_images"]
+
 OPTIMIZERS = ("adam", "lbfgs")
-
-
-# ------------------------------------------------------------------------------------------- similarity
-def _pair(x, y, name: str, min_size: int = 1):
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    if x.ndim < 2 or y.ndim < 2:
-        raise InputError(f"{name}: images must be (..., H, W), got shapes {x.shape} and {y.shape}")
-    if x.shape[-2:] != y.shape[-2:]:
-        raise InputError(f"{name}: image sizes differ, {x.shape[-2:]} vs {y.shape[-2:]}; resample one first")
-    try:
-        jnp.broadcast_shapes(x.shape, y.shape)
-    except ValueError:
-        raise InputError(f"{name}: batch shapes {x.shape[:-2]} and {y.shape[:-2]} do not broadcast") from None
-    if min(x.shape[-2:]) < min_size:
-        raise InputError(f"{name}: images must be at least {min_size}x{min_size}, got {x.shape[-2:]}")
-    dtype = jnp.result_type(x, y, jnp.float32)
-    return x.astype(dtype), y.astype(dtype)
-
-
-@jax.jit
-def _ncc(x, y, eps):
-    xc = x - jnp.mean(x, (-2, -1), keepdims=True)
-    yc = y - jnp.mean(y, (-2, -1), keepdims=True)
-    sxy = jnp.mean(xc * yc, (-2, -1))
-    sxx = jnp.mean(xc * xc, (-2, -1))
-    syy = jnp.mean(yc * yc, (-2, -1))
-    return sxy / jnp.sqrt((sxx + eps) * (syy + eps))
-
-
-def ncc(x, y, *, eps: float = 1e-12):
-    """Normalised cross-correlation of images (..., H, W) and (..., H, W) -> (...) in [-1, 1].
-
-    Pearson correlation of the pixel values of each image pair (batch axes broadcast): 1 for ``y = a x + b``
-    with ``a > 0``, -1 with ``a < 0``, invariant to affine intensity changes of either image. ``eps`` is
-    added to each variance (units of the images squared), so a constant image gives 0, not NaN.
-    Differentiable in both arguments.
-    """
-    x, y = _pair(x, y, "ncc")
-    return _ncc(x, y, eps)
-
-
-def sobel(x):
-    """Sobel derivatives of images (..., H, W): (d/dcol, d/drow), each (..., H-2, W-2) (valid region)."""
-    x = jnp.asarray(x)
-    rows = x[..., :-2, :] + 2.0 * x[..., 1:-1, :] + x[..., 2:, :]  # smoothed across rows
-    cols = x[..., :, :-2] + 2.0 * x[..., :, 1:-1] + x[..., :, 2:]  # smoothed across columns
-    return rows[..., :, 2:] - rows[..., :, :-2], cols[..., 2:, :] - cols[..., :-2, :]
-
-
-def gradient_correlation(x, y, *, eps: float = 1e-12):
-    """Gradient correlation (Penney et al., 1998) of images (..., H, W) -> (...) in [-1, 1].
-
-    The mean of the NCCs of the column and the row Sobel derivatives of ``x`` and ``y`` (valid region, so
-    images need at least 3x3 pixels). 1 for ``y = a x + b`` with ``a > 0``; invariant to affine intensity
-    changes; insensitive to smooth additive backgrounds (it compares edges). Differentiable.
-    """
-    x, y = _pair(x, y, "gradient_correlation", min_size=3)
-    return _gc(x, y, eps)
-
-
-@jax.jit
-def _gc(x, y, eps):
-    gx, gy = sobel(x), sobel(y)
-    return 0.5 * (_ncc(gx[0], gy[0], eps) + _ncc(gx[1], gy[1], eps))
-
-
-_SIM = {"ncc": ncc, "gc": gradient_correlation}
-
-
-# ------------------------------------------------------------------------------------------------- pose
-def volume_centre(affine, shape):
-    """World position (3,) mm of the centre of a volume of ``shape`` (X, Y, Z, ...) under ``affine``."""
-    a = np.asarray(affine, np.float64)
-    return a[:3, :3] @ ((np.asarray(shape[:3], np.float64) - 1.0) / 2.0) + a[:3, 3]
-
-
-@jax.jit
-def transform_from_params(params, centre):
-    """Pose parameters (..., 6) = (rotation vector rad, translation mm) -> (..., 4, 4) world -> world map
-    ``x -> R(w) (x - c) + c + t`` with ``c = centre`` (3,) mm. Differentiable."""
-    params = jnp.asarray(params)
-    c = jnp.asarray(centre).astype(params.dtype)
-    r = se3.so3_exp(params[..., :3])
-    return se3.from_rt(r, params[..., 3:] + c - jnp.einsum("...ij,j->...i", r, c))
-
-
-@jax.jit
-def params_from_transform(m, centre):
-    """Inverse of :func:`transform_from_params`: rigid (..., 4, 4) -> (..., 6) = (w rad, t mm)."""
-    m = jnp.asarray(m)
-    r, t = se3.to_rt(m)
-    c = jnp.asarray(centre).astype(m.dtype)
-    return jnp.concatenate([se3.so3_log(r), t - c + jnp.einsum("...ij,j->...i", r, c)], -1)
-
-
-# -------------------------------------------------------------------------------------------- resampling
-def downsample_volume(volume, affine, factors):
-    """Block-average a volume (X, Y, Z) by integer ``factors`` (3,) -> (volume', affine').
-
-    Trailing voxels that do not fill a block are dropped; ``affine'`` puts each new voxel at the centre of
-    its block, so world positions are kept (mm).
-    """
-    vol = np.asarray(volume)
-    f = tuple(int(v) for v in np.broadcast_to(np.asarray(factors), (3,)))
-    if vol.ndim != 3 or min(f) < 1:
-        raise InputError(f"downsample_volume needs a 3-D volume and factors >= 1, got {vol.shape} and {f}")
-    n = [s // k for s, k in zip(vol.shape, f)]
-    if min(n) < 1:
-        raise InputError(f"factors {f} are larger than the volume {vol.shape}")
-    v = vol[: n[0] * f[0], : n[1] * f[1], : n[2] * f[2]]
-    v = v.reshape(n[0], f[0], n[1], f[1], n[2], f[2]).mean((1, 3, 5), dtype=np.float64).astype(np.float32)
-    s = np.eye(4)
-    s[:3, :3] = np.diag(f)
-    s[:3, 3] = (np.asarray(f) - 1) / 2.0
-    return v, np.asarray(affine, np.float64) @ s
-
-
-def resize_images(images, height: int, width: int):
-    """Images (..., H, W) -> (..., height, width): block means when the sizes divide, else antialiased
-    linear resampling. The field of view is kept (pixels grow), as in :meth:`CArm.scaled`."""
-    images = jnp.asarray(images)
-    h, w = images.shape[-2:]
-    if (h, w) == (height, width):
-        return images
-    if h % height == 0 and w % width == 0:
-        fh, fw = h // height, w // width
-        x = images.reshape(images.shape[:-2] + (height, fh, width, fw))
-        return x.mean((-3, -1))
-    return jax.image.resize(images, images.shape[:-2] + (height, width), "linear", antialias=True)
 
 
 # ------------------------------------------------------------------------------------------- objective
@@ -384,33 +270,45 @@ def register(
                          radius)
     single = x0.ndim == 1
     x0 = np.atleast_2d(x0)
-    b, v = x0.shape[0], e.shape[0]
     c = volume_centre(a, np.shape(volume)) if centre is None else np.asarray(centre, np.float64).reshape(3)
-    if axes is None:
-        # per view, the most common principal axis over the batch of start poses
-        starts = np.asarray(transform_from_params(x0, c), np.float64)  # (B, 4, 4)
-        per = _drr.principal_axis(camera, e[None] @ starts[:, None], a)  # (B, V)
-        axes = tuple(int(np.bincount(per[:, k], minlength=3).argmax()) for k in range(v))
-    elif len(axes) != v:
-        raise InputError(f"axes needs one entry per view ({v}), got {axes}")
-    axes = tuple(None if ax is None else int(ax) for ax in axes)
+    axes = _view_axes(camera, e, a, x0, c, axes)
     tg = jnp.asarray(targets, jnp.float32)
-    tg = jnp.broadcast_to(tg, (b,) + tg.shape[-3:])
-    vol = jnp.asarray(volume, jnp.float32)
-    aff, ext = jnp.asarray(a, jnp.float32), jnp.asarray(e, jnp.float32)
-    cen = jnp.asarray(c, jnp.float32)
-    x = jnp.asarray(x0, jnp.float32) / _scale_vec(radius, jnp.float32)
-    history = []
-    loss = None
-    for lv in levels:
-        cam = camera.scaled(lv.scale)
-        run = _level_runner(cam, axes, similarity, mode, optimizer, int(lv.steps), float(lv.lr), float(radius))
-        params, loss, hist = run(x, vol, aff, ext, resize_images(tg, cam.height, cam.width), cen)
-        x = params / _scale_vec(radius, jnp.float32)
-        history.append(-hist / v)
-    params = x * _scale_vec(radius, jnp.float32)
-    sim = -loss / v
-    out = (params, transform_from_params(params, cen), sim, tuple(history))
+    tg = jnp.broadcast_to(tg, (x0.shape[0],) + tg.shape[-3:])
+    arrays = (jnp.asarray(volume, jnp.float32), jnp.asarray(a, jnp.float32), jnp.asarray(e, jnp.float32), tg,
+              jnp.asarray(c, jnp.float32))
+    params, loss, history = _run_levels(camera, axes, similarity, mode, optimizer, levels, float(radius),
+                                        jnp.asarray(x0, jnp.float32), *arrays)
+    v = e.shape[0]
+    out = (params, transform_from_params(params, arrays[-1]), -loss / v, tuple(-h / v for h in history))
     if single:
         out = (out[0][0], out[1][0], out[2][0], tuple(h[0] for h in out[3]))
     return RegistrationResult(*out, centre=c)
+
+
+def _view_axes(camera, extrinsics, affine, x0, centre, axes) -> tuple:
+    """The Joseph stepping axis of each view: ``axes`` checked, or per view the most common principal axis
+    (:func:`kfjax.physics.drr.principal_axis`) over the batch of start poses ``x0`` (B, 6)."""
+    v = extrinsics.shape[0]
+    if axes is None:
+        starts = np.asarray(transform_from_params(x0, centre), np.float64)  # (B, 4, 4)
+        per = _drr.principal_axis(camera, extrinsics[None] @ starts[:, None], affine)  # (B, V)
+        axes = tuple(int(np.bincount(per[:, k], minlength=3).argmax()) for k in range(v))
+    elif len(axes) != v:
+        raise InputError(f"axes needs one entry per view ({v}), got {axes}")
+    return tuple(None if ax is None else int(ax) for ax in axes)
+
+
+def _run_levels(camera, axes, similarity, mode, optimizer, levels, radius, x0, volume, affine, extrinsics, targets,
+                centre):
+    """Coarse to fine: each level starts from the previous best. Returns (params (B, 6), summed negative
+    similarity (B,) of the finest level, per-level loss histories (B, steps))."""
+    scale = _scale_vec(radius, jnp.float32)
+    x = x0 / scale
+    history, loss = [], None
+    for lv in levels:
+        cam = camera.scaled(lv.scale)
+        run = _level_runner(cam, axes, similarity, mode, optimizer, int(lv.steps), float(lv.lr), radius)
+        params, loss, hist = run(x, volume, affine, extrinsics, resize_images(targets, cam.height, cam.width), centre)
+        x = params / scale
+        history.append(hist)
+    return x * scale, loss, history

@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from kfjax.config import save_json, to_dict
-from kfjax.data.pipeline import BatchLoader, EpochSampler, eval_batches
+from kfjax.data.pipeline import BatchLoader, eval_batches
 from kfjax.errors import ConfigError, KfjaxError
-from kfjax.methods.base import Method
 from kfjax.metrics import Mean, merge_metrics
 from kfjax.train.checkpoint import Checkpointer
 from kfjax.train.mesh import check_batch_size, make_mesh, process_slice, replicated, shard_batch, to_host
+from kfjax.train.method import Method, spec_of, zeros_like_spec
 from kfjax.train.state import TrainState
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 from kfjax.train.writers import MetricWriter, Progress
@@ -88,16 +87,11 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def init_train_state(method: Method, mesh, example: dict[str, np.ndarray]) -> TrainState:
-    """Replicated fresh state built under jit from the seed and the example batch's shapes."""
-    shapes = {k: (v.shape, v.dtype) for k, v in example.items()}
-
-    def init(key):
-        batch = {k: jnp.zeros(s, d) for k, (s, d) in shapes.items()}
-        return method.init(key, batch)
-
+def init_train_state(method: Method, mesh, example: dict) -> TrainState:
+    """Replicated fresh state built under jit from the seed and the shapes of `example` (arrays or a spec)."""
+    spec = spec_of(example)
     key = jax.random.key(method.config.seed)
-    return jax.jit(init, out_shardings=replicated(mesh))(key)
+    return jax.jit(lambda k: method.init(k, zeros_like_spec(spec)), out_shardings=replicated(mesh))(key)
 
 
 class _StopFlag:
@@ -121,6 +115,113 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What one training run holds while it goes: state, step function, data, outputs."""
+
+    method: Method
+    workdir: Path
+    mesh: Any
+    state: TrainState
+    start: int
+    restored: bool
+    checkpoints: Checkpointer
+    writer: MetricWriter
+
+
+def _open_run(method: Method, workdir: Path) -> _Run:
+    """Check the settings, write config.json, build (or restore) the replicated state."""
+    cfg = method.config
+    if not method.trainable:
+        raise ConfigError(f"'{method.name}' has nothing to train: it optimises each case at evaluation; "
+                          f"run `kfjax eval {method.name}`")
+    mesh = make_mesh()
+    check_batch_size(cfg.data.batch_size, mesh)
+    if jax.process_index() == 0:  # only a valid run touches the workdir
+        _check_workdir_config(workdir, method)
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_json(cfg, workdir / "config.json", method=method.name)
+    state = init_train_state(method, mesh, method.batch_spec(cfg.data.batch_size))
+    checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    restored = checkpoints.restore_latest(state, warn=notice)
+    if restored is not None:
+        state = restored
+        notice(f"resuming from the checkpoint at step {int(to_host(state.step))} in {checkpoints.directory}")
+    start = int(to_host(state.step))
+    return _Run(method, workdir, mesh, state, start, restored is not None, checkpoints,
+                MetricWriter(workdir, resume_step=start))
+
+
+class _Logger:
+    """Averages step metrics between log lines, checks the loss, drives the progress bar."""
+
+    def __init__(self, run: _Run, bar: Progress):
+        self.run, self.bar = run, bar
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.last = time.perf_counter()
+        self.pending: tuple[int, Any] | None = None
+        self.last_saved = run.start if run.restored else None
+
+    def settle(self) -> None:
+        """Fetch the metrics of the last dispatched step, check them, log them."""
+        if self.pending is None:
+            return
+        step, metrics = self.pending
+        self.pending = None
+        values = {k: float(v) for k, v in to_host(metrics).items()}
+        loss = values.get("loss", 0.0)
+        if not np.isfinite(loss):
+            kept = (f"the last good checkpoint (step {self.last_saved}) is kept" if self.last_saved
+                    else "no checkpoint was written")
+            raise TrainingError(f"loss became {loss} at step {step}; {kept} in {self.run.checkpoints.directory}; "
+                                "lower optim.lr or check the input data for NaN/Inf")
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        self.bar.update(1, loss=loss)
+        cfg = self.run.method.config.train
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.perf_counter()
+            means = {k: v / self.count for k, v in self.sums.items()}
+            means["steps_per_s"] = self.count / max(now - self.last, 1e-9)
+            self.run.writer.write(step, means)
+            self.sums, self.count, self.last = {}, 0, now
+
+    def save(self) -> None:
+        self.settle()
+        if self.run.checkpoints.save(self.run.state):
+            self.last_saved = int(to_host(self.run.state.step))
+
+
+def _loader(run: _Run) -> BatchLoader:
+    """The method's training batches from the run's step to `train.steps`, this process's rows only."""
+    method, cfg = run.method, run.method.config
+    data = method.dataset("train")
+    sampler = method.sampler(data, cfg.data.batch_size)
+    return BatchLoader(data, sampler, run.start, cfg.train.steps, rows=process_slice(cfg.data.batch_size),
+                       transform=method.transform())
+
+
+def _train_steps(run: _Run, logger: _Logger, loader: BatchLoader) -> str:
+    """Step until the loader ends or a signal arrives; checkpoints and periodic evaluation on the way."""
+    cfg = run.method.config.train
+    train_step = make_train_step(run.method.train_step, run.mesh)
+    with _StopFlag() as stop:
+        for step, batch in loader:
+            run.state, metrics = train_step(run.state, shard_batch(batch, run.mesh))
+            logger.settle()
+            logger.pending = (step + 1, metrics)
+            if (step + 1) % cfg.checkpoint_every == 0:
+                logger.save()
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                logger.settle()
+                run.writer.write(step + 1, evaluate(run.method, run.state, run.mesh, "val"), split="val")
+            if _should_stop(stop, step + 1, cfg.log_every):
+                return "interrupted"
+    return "completed"
+
+
 def train(
     method: Method,
     workdir: str | Path,
@@ -129,101 +230,28 @@ def train(
     evaluate_at_end: bool = True,
 ) -> TrainResult:
     """Train `method` in `workdir`, resuming from its latest readable checkpoint."""
-    cfg = method.config
-    workdir = Path(workdir)
-    mesh = make_mesh()
-    global_batch = cfg.data.batch_size
-    check_batch_size(global_batch, mesh)
-    rows = process_slice(global_batch)
-    total = cfg.train.steps
-    train_data = method.dataset("train")
-    sampler = EpochSampler(len(train_data), global_batch, cfg.seed)
-    if jax.process_index() == 0:  # only a valid run touches the workdir
-        _check_workdir_config(workdir, method)
-        workdir.mkdir(parents=True, exist_ok=True)
-        save_json(cfg, workdir / "config.json", method=method.name)
-    state = init_train_state(method, mesh, train_data[sampler.indices(0)[rows]])
-    checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    restored = checkpoints.restore_latest(state, warn=notice)
-    if restored is not None:
-        state = restored
-        notice(f"resuming from the checkpoint at step {int(to_host(state.step))} in {checkpoints.directory}")
-    start = int(to_host(state.step))
-
-    train_step = make_train_step(method.train_step, mesh)
-    writer = MetricWriter(workdir, resume_step=start)
-    bar = Progress(start, total, enabled=progress)
-    loader = BatchLoader(train_data, sampler, start, total, rows=rows)
-    sums: dict[str, float] = {}
-    count = 0
-    last_log = time.perf_counter()
-    pending: tuple[int, Any] | None = None
-    last_saved = start if restored is not None else None
-    status = "completed"
-
-    def settle() -> None:
-        """Fetch the metrics of the last dispatched step, check them, log them."""
-        nonlocal pending, count, last_log, sums
-        if pending is None:
-            return
-        step, metrics = pending
-        pending = None
-        values = {k: float(v) for k, v in to_host(metrics).items()}
-        loss = values.get("loss", 0.0)
-        if not np.isfinite(loss):
-            kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was written"
-            raise TrainingError(
-                f"loss became {loss} at step {step}; {kept} in {checkpoints.directory}; "
-                "lower optim.lr or check the input data for NaN/Inf"
-            )
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        count += 1
-        bar.update(1, loss=loss)
-        if step % cfg.train.log_every == 0 or step == total:
-            now = time.perf_counter()
-            means = {k: v / count for k, v in sums.items()}
-            means["steps_per_s"] = count / max(now - last_log, 1e-9)
-            writer.write(step, means)
-            sums, count, last_log = {}, 0, now
-
-    def save() -> None:
-        nonlocal last_saved
-        settle()
-        if checkpoints.save(state):
-            last_saved = int(to_host(state.step))
-
+    run = _open_run(method, Path(workdir))
+    bar = Progress(run.start, method.config.train.steps, enabled=progress)
+    logger = _Logger(run, bar)
+    loader = _loader(run)
     try:
-        with _StopFlag() as stop:
-            for step, batch in loader:
-                state, metrics = train_step(state, shard_batch(batch, mesh))
-                settle()
-                pending = (step + 1, metrics)
-                if (step + 1) % cfg.train.checkpoint_every == 0:
-                    save()
-                if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < total:
-                    settle()
-                    writer.write(step + 1, evaluate(method, state, mesh, "val"), split="val")
-                if _should_stop(stop, step + 1, cfg.train.log_every):
-                    status = "interrupted"
-                    break
-            settle()
-            save()
-            checkpoints.wait()
+        status = _train_steps(run, logger, loader)
+        logger.save()
+        run.checkpoints.wait()
         if status == "interrupted":
-            notice(f"stopped by signal at step {int(to_host(state.step))}; checkpoint saved; "
+            notice(f"stopped by signal at step {int(to_host(run.state.step))}; checkpoint saved; "
                    "run the same command to resume")
-            return TrainResult(state, status, {})
+            return TrainResult(run.state, status, {})
         eval_metrics = {}
         if evaluate_at_end:
-            eval_metrics = evaluate(method, state, mesh, "val")
-            writer.write(int(to_host(state.step)), eval_metrics, split="val")
-        return TrainResult(state, status, eval_metrics)
+            eval_metrics = evaluate(method, run.state, run.mesh, "val")
+            run.writer.write(int(to_host(run.state.step)), eval_metrics, split="val")
+        return TrainResult(run.state, status, eval_metrics)
     finally:
         loader.close()
         bar.close()
-        checkpoints.close()
-        writer.close()
+        run.checkpoints.close()
+        run.writer.close()
 
 
 def _should_stop(stop: _StopFlag, step: int, every: int) -> bool:
@@ -236,15 +264,20 @@ def _should_stop(stop: _StopFlag, step: int, every: int) -> bool:
     return bool(np.any(flags))
 
 
-def evaluate(method: Method, state: TrainState, mesh=None, split: str = "val") -> dict[str, float]:
-    """Exact means over the whole split of the method's per-example metrics (jitted and host-side)."""
+def evaluate(method: Method, state: TrainState | None = None, mesh=None, split: str = "val") -> dict[str, float]:
+    """Exact means over the whole split of the method's per-example metrics (jitted and host-side).
+
+    `state` None: a fresh state from the config's seed (what a per-case method, which trains nothing, uses).
+    """
     mesh = mesh or make_mesh()
+    if state is None:
+        state = init_train_state(method, mesh, method.batch_spec(method.config.data.batch_size))
     cfg = method.config
     batch_size = cfg.train.eval_batch_size or cfg.data.batch_size
     check_batch_size(batch_size, mesh)
     rows = process_slice(batch_size)
     eval_step = make_eval_step(method.eval_step, mesh)
-    host = type(method).host_metrics is not Method.host_metrics
+    host = bool(method.host_metric_names)
     predict_step = make_predict_step(method.predict, mesh) if host else None
     totals: dict[str, Mean] = {}
     for batch in eval_batches(method.dataset(split), batch_size, rows):
@@ -261,15 +294,10 @@ def evaluate(method: Method, state: TrainState, mesh=None, split: str = "val") -
 
 
 def restore_for_eval(method: Method, workdir: str | Path) -> TrainState:
-    """Latest readable checkpoint of `workdir` as a replicated state (for eval/infer/demo)."""
+    """Latest readable checkpoint of `workdir` as a replicated state (for eval/infer/demo); builds no data."""
     mesh = make_mesh()
     batch_size = method.config.train.eval_batch_size or method.config.data.batch_size
-    if hasattr(method, "example_batch"):  # shapes without building a data set
-        example = method.example_batch(batch_size)
-    else:
-        data = method.dataset("val")
-        example = data[np.arange(min(batch_size, len(data)))]
-    state = init_train_state(method, mesh, example)
+    state = init_train_state(method, mesh, method.batch_spec(batch_size))
     directory = Path(workdir) / "checkpoints"
     if not directory.is_dir():
         raise ConfigError(f"no checkpoints in '{workdir}'; train first with `kfjax train {method.name} --workdir {workdir}`")

@@ -1,4 +1,8 @@
-"""Optimisers from an OptimConfig: Adam/AdamW/SGD, warm-up, constant/cosine/step schedules, clipping."""
+"""Optimisers from an OptimConfig: Adam/AdamW/SGD, warm-up, constant/cosine/step schedules, clipping.
+
+`weight_decay` is decoupled for adamw and an L2 term added to the gradient for adam and sgd (PyTorch's
+`weight_decay` argument of those optimisers), so no setting is silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +33,12 @@ def learning_rate(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     """The optax transform of one parameter group."""
     lr = learning_rate(cfg, total_steps)
-    if cfg.name == "adam":
-        opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
-    elif cfg.name == "adamw":
+    if cfg.name == "adamw":
         opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
-    elif cfg.name == "sgd":
-        opt = optax.sgd(lr, momentum=cfg.b1)
+    elif cfg.name in ("adam", "sgd"):
+        opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2) if cfg.name == "adam" else optax.sgd(lr, momentum=cfg.b1)
+        if cfg.weight_decay:  # L2 added to the gradient before the update, as PyTorch's Adam and SGD do
+            opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt)
     else:
         raise ConfigError(f"unknown optim.name '{cfg.name}'; choose adam, adamw or sgd")
     if cfg.grad_clip > 0:

@@ -26,6 +26,7 @@ class TrainState:
     params: {group: parameter pytree}.
     opt_state: {group: optax state}.
     batch_stats: {group: running statistics} (empty dict for groups without BatchNorm).
+    extra: {name: pytree} non-parameter state a method carries (GAN image pools, parameter EMA).
     rng: uint32 key data `(2,)`; the step key is `fold_in(rng, step)`.
     tx: {group: optax transform} (static, not saved in checkpoints).
     """
@@ -34,6 +35,7 @@ class TrainState:
     params: dict[str, PyTree]
     opt_state: dict[str, PyTree]
     batch_stats: dict[str, PyTree]
+    extra: dict[str, PyTree]
     rng: jax.Array
     tx: FrozenDict = struct.field(pytree_node=False)
 
@@ -44,6 +46,7 @@ class TrainState:
         tx: Mapping[str, optax.GradientTransformation],
         rng: jax.Array,
         batch_stats: Mapping[str, PyTree] | None = None,
+        extra: Mapping[str, PyTree] | None = None,
     ) -> "TrainState":
         """Start a run at step 0; `rng` is a typed key or raw uint32 key data."""
         if set(params) != set(tx):
@@ -55,6 +58,7 @@ class TrainState:
             params=dict(params),
             opt_state={name: tx[name].init(p) for name, p in params.items()},
             batch_stats=dict(batch_stats or {}),
+            extra=dict(extra or {}),
             rng=rng,
             tx=FrozenDict(tx),
         )
@@ -64,8 +68,14 @@ class TrainState:
         """The run's base key as a typed PRNG key."""
         return jax.random.wrap_key_data(self.rng)
 
-    def apply_gradients(self, grads: Mapping[str, PyTree], **batch_stats: PyTree) -> "TrainState":
-        """Update the groups named in `grads` with their own transforms; optionally set their batch stats.
+    def apply_gradients(
+        self,
+        grads: Mapping[str, PyTree],
+        batch_stats: Mapping[str, PyTree] | None = None,
+        extra: Mapping[str, PyTree] | None = None,
+    ) -> "TrainState":
+        """Update the groups named in `grads` with their own transforms; optionally replace entries of the
+        batch statistics `{group: stats}` and of the non-parameter state `{name: pytree}`.
 
         Does not advance `step`: the step factory does that once per step, however many groups moved.
         """
@@ -74,9 +84,8 @@ class TrainState:
         for name, g in grads.items():
             updates, opt_state[name] = self.tx[name].update(g, opt_state[name], params[name])
             params[name] = optax.apply_updates(params[name], updates)
-        stats = dict(self.batch_stats)
-        stats.update(batch_stats)
-        return self.replace(params=params, opt_state=opt_state, batch_stats=stats)
+        return self.replace(params=params, opt_state=opt_state, batch_stats={**self.batch_stats, **(batch_stats or {})},
+                            extra={**self.extra, **(extra or {})})
 
     def variables(self, group: str = "model") -> dict[str, PyTree]:
         """Flax variables of one group for `module.apply`: params and, if any, batch stats."""

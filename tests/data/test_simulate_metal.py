@@ -76,3 +76,20 @@ def test_simulate_metal_writes_an_inspectable_set(tmp_path, capsys):
     assert e["metal_pixels"] > 0 and e["rmse_near_metal_ma_hu"] > e["rmse_near_metal_li_hu"]
     with np.load(out / "simulation.npz") as f:
         assert f["gt_image"].shape == (1, 256, 256, 1)
+
+
+def test_nifti_slices_are_read_through_the_affine(tmp_path):
+    """The same anatomy stored in two voxel orders (RAS and a flipped, permuted one) gives the same slices."""
+    from kfjax.data.simulate_metal import _read_array
+    from kfjax.io import Volume
+    from kfjax.io.nifti import save_nifti
+
+    hu = np.random.default_rng(0).normal(0, 100, (6, 5, 4)).astype(np.float32)  # (i, j, k) along R, A, S
+    save_nifti(Volume(hu, np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "ras.nii.gz")
+    other = np.transpose(hu[::-1], (2, 0, 1))  # (k, i', j) with i' running to the left
+    affine = np.array([[0.0, -1.0, 0.0, 5.0], [0.0, 0.0, 1.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0, 0, 0, 1.0]])
+    save_nifti(Volume(other, affine), tmp_path / "other.nii.gz")
+    a = _read_array(tmp_path / "ras.nii.gz", "input", [0, 3])
+    b = _read_array(tmp_path / "other.nii.gz", "input", [0, 3])
+    assert a.shape == (2, 5, 6) and np.array_equal(a, b)
+    np.testing.assert_array_equal(a[1], hu[::-1, ::-1, 3].T)  # rows anterior->posterior, columns right->left

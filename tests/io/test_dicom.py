@@ -33,8 +33,8 @@ def _raw_slice(k):
     return (500 + 100 * k + np.arange(ROWS * COLS).reshape(ROWS, COLS)).astype(np.uint16)
 
 
-def _slice_dataset(path, k, series_uid, photometric="MONOCHROME2", iop=(1, 0, 0, 0, 1, 0)):
-    """Minimal CT slice k of a series; slices are SLICE_STEP mm apart along the normal."""
+def _slice_dataset(path, k, series_uid, photometric="MONOCHROME2", iop=(1, 0, 0, 0, 1, 0), modality="CT", **tags):
+    """Minimal CT slice k of a series (``modality`` and any ``tags`` overridden); slices are SLICE_STEP mm apart."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -42,7 +42,7 @@ def _slice_dataset(path, k, series_uid, photometric="MONOCHROME2", iop=(1, 0, 0,
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = CT_IMAGE_STORAGE
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
     ds.SeriesDescription = "synthetic"
     ds.InstanceNumber = k + 1
@@ -60,6 +60,8 @@ def _slice_dataset(path, k, series_uid, photometric="MONOCHROME2", iop=(1, 0, 0,
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 0
     ds.PixelData = _raw_slice(k).tobytes()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
     return ds
 
 
@@ -114,11 +116,58 @@ def test_oblique_series_affine(tmp_path):
 
 
 def test_monochrome1_is_inverted(tmp_path):
-    _write_series(tmp_path / "m1", n=2, order=(1, 0), photometric="MONOCHROME1")
+    # a radiograph (display image) is inverted; CT is not, see test_monochrome1_ct_is_hu
+    _write_series(tmp_path / "m1", n=2, order=(1, 0), photometric="MONOCHROME1", modality="DX")
     vol = load_dicom_series(tmp_path / "m1")
     for k in range(2):
         inverted = 65535.0 - _raw_slice(k).astype(float)
         np.testing.assert_array_equal(vol.array[:, :, k], (inverted * 2 - 1024).T)
+
+
+@pytest.mark.parametrize(
+    "modality, tags",
+    [("CT", {}), ("CT", {"RescaleType": "HU"}), ("XA", {"RescaleType": "HU"})],  # XA: C-arm cone-beam CT
+)
+def test_monochrome1_ct_is_hu(tmp_path, modality, tags):
+    # MONOCHROME1 is a display instruction only: HU = stored * slope + intercept, no inversion
+    tags = {"RescaleSlope": 0.5, "RescaleIntercept": -1000, **tags}
+    _write_series(tmp_path / "ct1", n=2, order=(1, 0), photometric="MONOCHROME1", modality=modality, **tags)
+    vol = load_dicom_series(tmp_path / "ct1")
+    for k in range(2):
+        np.testing.assert_array_equal(vol.array[:, :, k], (_raw_slice(k).astype(float) * 0.5 - 1000).T)
+    assert vol.array[0, 0, 0] == 500 * 0.5 - 1000  # stored 500 -> -750 HU
+
+
+def _write_with_raw_tag(path, keyword, vr, text):
+    """Write one CT slice whose tag ``keyword`` holds ``text`` as written, valid or not."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = _slice_dataset(path, 0, generate_uid())
+    value = text.encode("ascii") + (b" " if len(text) % 2 else b"")
+    tag = Tag(keyword)
+    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+    _write(ds, path)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize(
+    "keyword, vr, text",
+    [("NumberOfFrames", "IS", "1A"), ("RescaleSlope", "DS", "2,5"), ("ImagePositionPatient", "DS", "1\\x\\3")],
+)
+def test_malformed_numeric_tag(tmp_path, keyword, vr, text):
+    path = _write_with_raw_tag(tmp_path / "bad_tag.dcm", keyword, vr, text)
+    assert pydicom.dcmread(path).get(keyword) is not None, "the malformed tag is in the file"
+    with pytest.raises(InputError) as exc:
+        load_dicom_series(path)
+    msg = str(exc.value)
+    assert "\n" not in msg and "bad_tag.dcm" in msg and keyword in msg
+    assert "correct or remove the tag" in msg
+    if keyword == "NumberOfFrames":
+        assert "'1A'" in msg and "not an integer" in msg
+    with pytest.raises(InputError, match=keyword):
+        load_volume(tmp_path)  # the folder reader gives the same message
 
 
 def test_two_series_need_a_choice(tmp_path):

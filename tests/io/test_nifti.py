@@ -242,3 +242,61 @@ def test_load_volume_unsupported_and_missing(tmp_path):
         load_volume(tmp_path / "nowhere")
     _assert_one_line_naming(exc, "nowhere")
     assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_nifti_is_rejected(tmp_path, dtype):
+    data = (np.arange(24).reshape(2, 3, 4) * (1 + 2j)).astype(dtype)
+    path = _write_nifti(tmp_path / "cplx.nii.gz", data)
+    assert nib.load(str(path)).get_data_dtype() == dtype, "nibabel wrote complex voxels"
+    with pytest.raises(InputError) as exc:
+        load_nifti(path)
+    _assert_one_line_naming(exc, "cplx.nii.gz")
+    msg = str(exc.value)
+    assert "complex values" in msg and np.dtype(dtype).name in msg and "magnitude" in msg
+    with pytest.raises(InputError, match="complex values"):
+        load_volume(path, expect_ndim=3)
+
+
+def _write_coded(path, array, affine, sform_code, qform_code):
+    """Write ``array`` with ``affine`` in the sform and qform slots that have a non-zero code."""
+    img = nib.Nifti1Image(np.asarray(array), None)
+    img.header.set_qform(affine if qform_code else None, code=qform_code)
+    img.header.set_sform(affine if sform_code else None, code=sform_code)
+    nib.save(nib.Nifti1Image(img.dataobj, None, header=img.header), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "sform_code, qform_code",
+    [(0, 1), (0, 2), (2, 0), (4, 0), (4, 1), (1, 1)],
+    ids=["qform-only", "qform-only-aligned", "sform-only", "sform-only-mni", "both", "both-scanner"],
+)
+def test_save_keeps_sform_and_qform_codes(tmp_path, random_volume, sform_code, qform_code):
+    affine = _oblique_affine()
+    src = _write_coded(tmp_path / "src.nii.gz", random_volume, affine, sform_code, qform_code)
+    vol = load_nifti(src)
+    assert (int(vol.header["sform_code"]), int(vol.header["qform_code"])) == (sform_code, qform_code)
+    np.testing.assert_allclose(vol.affine, affine, atol=1e-5)
+    back = load_nifti(save_nifti(vol, tmp_path / "out.nii.gz"))
+    assert (int(back.header["sform_code"]), int(back.header["qform_code"])) == (sform_code, qform_code)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(back.array, random_volume)
+    again = load_nifti(save_nifti(back, tmp_path / "again.nii"))  # stable over a second round trip
+    assert (int(again.header["sform_code"]), int(again.header["qform_code"])) == (sform_code, qform_code)
+
+
+def test_save_without_header_sets_both_codes_scanner(tmp_path, random_volume):
+    back = load_nifti(save_nifti(Volume(random_volume, _oblique_affine()), tmp_path / "new.nii"))
+    assert (int(back.header["sform_code"]), int(back.header["qform_code"])) == (1, 1)
+    np.testing.assert_allclose(back.affine, _oblique_affine(), atol=1e-6)
+
+
+def test_save_qform_only_header_with_sheared_affine_keeps_affine(tmp_path, random_volume):
+    # the qform cannot hold a shear: the sform is then also written, with the qform's code
+    vol = load_nifti(_write_coded(tmp_path / "q.nii", random_volume, _oblique_affine(), 0, 1))
+    sheared = vol.affine.copy()
+    sheared[0, 2] += 0.7
+    back = load_nifti(save_nifti(Volume(vol.array, sheared, vol.header), tmp_path / "s.nii"))
+    np.testing.assert_allclose(back.affine, sheared, atol=1e-6)
+    assert (int(back.header["sform_code"]), int(back.header["qform_code"])) == (1, 1)

@@ -35,3 +35,23 @@ def test_default_recipe_reaches_dice_090_on_held_out_phantoms(tmp_path):
     result = train(DI2INMethod(cfg), tmp_path, progress=False)
     assert result.eval_metrics["dice"] >= 0.90, result.eval_metrics
     assert result.eval_metrics["asd"] < 1.5
+
+
+def test_augmentation_is_wired_in_and_deterministic():
+    """data.augment=true gives the loader a transform of (seed, step); labels stay binary; 3-D is refused."""
+    from kfjax.data.pipeline import BatchLoader, EpochSampler
+    from kfjax.errors import ConfigError
+
+    cfg = apply_overrides(DI2INConfig(), ["data.size=32", "data.n_train=8", "data.batch_size=4", "data.augment=true"])
+    method = DI2INMethod(cfg)
+    data = method.dataset("train")
+    sampler = EpochSampler(len(data), 4, cfg.seed)
+    plain = data[sampler.indices(0)]
+    first = [b for _, b in BatchLoader(data, sampler, 0, 2, transform=method.transform())]
+    again = [b for _, b in BatchLoader(data, sampler, 0, 2, transform=method.transform())]
+    assert not np.allclose(first[0]["image"], plain["image"])
+    assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(first, again))
+    assert set(np.unique(first[0]["label"])) <= {0.0, 1.0}
+    assert DI2INMethod(DI2INConfig()).transform() is None
+    with pytest.raises(ConfigError, match="2-D"):
+        DI2INMethod(apply_overrides(DI2INConfig(), ["data.spatial_dims=3", "data.augment=true"]))

@@ -1,17 +1,16 @@
 """DuDoNet: the untrained network returns the LI inputs, gradients reach both networks through the Radon
 inversion layer, a few steps lower the loss, the sharded step equals the single-device one, the variants."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kfjax.cli import build_method
+from kfjax.methods.registry import build as build_method
 from kfjax.errors import ConfigError
 from kfjax.nn.mask_pyramid import crop_sinogram, pad_sinogram
-from kfjax.train.mesh import make_mesh, replicate, shard_batch
+from kfjax.train.loop import init_train_state
+from kfjax.train.mesh import make_mesh, replicate, shard_batch, to_host
 from kfjax.train.step import make_train_step
 
 QUICK = [
@@ -28,10 +27,9 @@ QUICK = [
 
 @pytest.fixture(scope="module")
 def method(tmp_path_factory):
-    import os
-
-    os.environ["KFJAX_DATA"] = str(tmp_path_factory.mktemp("data"))
-    return build_method("dudonet", overrides=QUICK)
+    with pytest.MonkeyPatch.context() as mp:  # the module's own data folder, restored after the module
+        mp.setenv("KFJAX_DATA", str(tmp_path_factory.mktemp("data")))
+        yield build_method("dudonet", overrides=QUICK)
 
 
 def _batch(method, split="train", n=4):
@@ -53,7 +51,7 @@ def test_untrained_network_returns_li_and_grads_reach_both_networks(method):
     out = jax.jit(method.predict)(state, batch)
     np.testing.assert_allclose(out["x_out"], batch["li_image"], atol=1e-6)
     np.testing.assert_allclose(out["y_out"], batch["li_sinogram"], atol=1e-6)
-    grads = jax.jit(jax.grad(lambda p: method._loss(p, state, batch)[0]))(state.params["model"])
+    grads = jax.jit(jax.grad(lambda p: method._objective(p, state, batch)[0]))(state.params["model"])
     norms = {name: float(optax_norm(g)) for name, g in grads.items()}
     assert norms["se_net"] > 0 and norms["ie_net"] > 0
 
@@ -101,15 +99,29 @@ def test_variants(method, mode, keys):
     batch = _batch(variant)
     state = variant.init(jax.random.key(1), batch)
     assert set(jax.jit(variant.predict)(state, batch)) == keys
-    loss, (_, logs) = jax.jit(lambda p: variant._loss(p, state, batch))(state.params["model"])
+    loss, (_, logs) = jax.jit(lambda p: variant._objective(p, state, batch))(state.params["model"])
     assert np.isfinite(float(loss)) and ("l1_consistency" in logs) == (mode == "sinogram")
 
 
 def test_bad_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="model.mode"):
         build_method("dudonet", overrides=["model.mode=both"])
-    cfg = build_method("dudonet", overrides=QUICK).config
-    assert dataclasses.asdict(cfg)["loss"] == {"sinogram": 1.0, "consistency": 1.0, "image": 1.0}
+
+
+@pytest.mark.slow
+def test_loss_weights_weigh_the_logged_terms(method):
+    """The logged loss is the weighted sum of the logged L1 terms for non-default weights, and
+    loss.consistency=0 (the "without RC loss" ablation) drops that term although it is still logged."""
+    weights = {"sinogram": 0.25, "consistency": 0.0, "image": 3.0}
+    variant = build_method("dudonet", overrides=QUICK + [f"loss.{k}={v}" for k, v in weights.items()])
+    mesh = make_mesh(jax.devices()[:1])
+    batch = {k: np.asarray(v) for k, v in method.dataset("train")[np.arange(4)].items()}
+    state = init_train_state(variant, mesh, batch)
+    _, logs = make_train_step(variant.train_step, mesh)(state, shard_batch(batch, mesh))
+    logs = {k: float(v) for k, v in to_host(logs).items()}
+    assert {f"l1_{k}" for k in weights} <= set(logs) and logs["l1_consistency"] > 0
+    total = sum(w * logs[f"l1_{k}"] for k, w in weights.items())
+    assert logs["loss"] == pytest.approx(total, rel=1e-6)
 
 
 @pytest.mark.slow

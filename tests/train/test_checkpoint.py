@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from kfjax.config import OptimConfig, TrainConfig
+from kfjax.config import BaseConfig, BaseDataConfig, OptimConfig, TrainConfig
 from kfjax.data.pipeline import ArrayDataset
-from kfjax.methods.base import Method
+from kfjax.train.method import Method, Variables
 from kfjax.train.checkpoint import Checkpointer
 from kfjax.train.loop import TrainingError, train
 from kfjax.train.mesh import make_mesh, replicate, to_host
@@ -68,15 +68,9 @@ def test_partial_checkpoint_is_ignored(tmp_path):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Data:
-    batch_size: int = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class _Config:
-    seed: int = 0
-    data: _Data = _Data()
-    optim: OptimConfig = OptimConfig()
+class _Config(BaseConfig):
+    data: BaseDataConfig = BaseDataConfig(batch_size=4)
+    optim: OptimConfig = OptimConfig(name="sgd", lr=0.1, b1=0.0)
     train: TrainConfig = TrainConfig(steps=10, checkpoint_every=2, log_every=1)
 
 
@@ -90,8 +84,12 @@ class _DivergingMethod(Method):
         x = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
         return ArrayDataset(x=x, y=x.sum(1, keepdims=True))
 
-    def init(self, key, batch):
-        return TrainState.create({"model": {"w": jnp.zeros((3, 1))}}, {"model": optax.sgd(0.1)}, key)
+    def batch_spec(self, batch_size):
+        return {"x": jax.ShapeDtypeStruct((batch_size, 3), jnp.float32),
+                "y": jax.ShapeDtypeStruct((batch_size, 1), jnp.float32)}
+
+    def init_variables(self, key, batch):
+        return Variables(params={"model": {"w": jnp.zeros((3, 1))}})
 
     def train_step(self, state, batch, key):
         def loss_fn(p):

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from kfjax.cli import build_method
+from kfjax.methods.registry import build
 from kfjax.train.loop import restore_for_eval
 from kfjax.train.mesh import to_host
 
@@ -59,7 +59,7 @@ def test_two_processes_match_one(tmp_path):
     assert "| dice |" in results[0][0], "process 0 prints the table"
     assert "| dice |" not in results[1][0], "only process 0 prints"
 
-    method = build_method("di2in", str(tmp_path / "single" / "config.json"))
+    method = build("di2in", str(tmp_path / "single" / "config.json"))
     a = to_host(restore_for_eval(method, tmp_path / "single").params)
     b = to_host(restore_for_eval(method, tmp_path / "multi").params)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

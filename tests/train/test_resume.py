@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from kfjax.cli import build_method
+from kfjax.methods.registry import build
 from kfjax.train.loop import restore_for_eval
 from kfjax.train.mesh import to_host
 from kfjax.train.writers import read_metrics
@@ -45,7 +45,7 @@ def _start_and_wait_for_checkpoint(workdir: Path) -> subprocess.Popen:
 
 
 def _final_params(workdir: Path):
-    method = build_method("di2in", str(workdir / "config.json"))
+    method = build("di2in", str(workdir / "config.json"))
     state = restore_for_eval(method, workdir)
     assert int(to_host(state.step)) == STEPS
     return to_host(state.params), to_host(state.batch_stats)

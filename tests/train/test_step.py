@@ -37,7 +37,7 @@ def _setup(norm):
 
         (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
         new_stats = {"model": upd["batch_stats"]} if stats else {}
-        return state.apply_gradients({"model": grads}, **new_stats), {"loss": loss}
+        return state.apply_gradients({"model": grads}, batch_stats=new_stats), {"loss": loss}
 
     return model, state, step_fn
 

