@@ -4,19 +4,23 @@
 Isolation: every folder kfjax (or a library it calls) would write outside the test's own tmp_path points
 into one temporary folder per test session, set before any test (or module fixture) runs and restored
 after the session: KFJAX_DATA (fetched sources and derived sets: the real data are fetched once per
-session), KFJAX_CACHE (the CLI's persistent JAX compilation cache), MPLCONFIGDIR (matplotlib's font cache),
-XDG_CACHE_HOME (pip's download cache and the like) and HYPOTHESIS_STORAGE_DIRECTORY (hypothesis' caches;
-its example database is off). No test writes into the user's home or the clone. kfjax reads these
-variables when it is called, never at import.
+session), KFJAX_CACHE (the CLI's persistent JAX compilation cache), MPLCONFIGDIR (matplotlib's font cache)
+and XDG_CACHE_HOME (pip's download cache and the like). kfjax reads these variables when it is called, never
+at import. Hypothesis keeps no example database and caches what it parses of the test sources in the
+system's temporary folder (HYPOTHESIS_STORAGE_DIRECTORY, set here because it is read during collection).
+No test writes into the user's home or the clone.
 
 Accelerators: CPU stays the default backend (the 4 fake devices); tests marked `gpu` run only when jax
 also sees a GPU or TPU (start pytest with e.g. JAX_PLATFORMS=cpu,cuda) and are skipped otherwise.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_HYPOTHESIS_CACHE = os.path.join(tempfile.gettempdir(), f"kfjax-hypothesis-{os.getuid()}")
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", _HYPOTHESIS_CACHE)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -36,7 +40,6 @@ ISOLATED_FOLDERS = {
     "KFJAX_CACHE": "cache",
     "MPLCONFIGDIR": "matplotlib",
     "XDG_CACHE_HOME": "xdg-cache",
-    "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis",
 }
 
 

@@ -120,3 +120,11 @@ def test_infer_bad_input_writes_nothing(trained, capsys, tmp_path, case):
 
 def test_eval_without_run(capsys, tmp_path):
     assert "config.json" in _error(capsys, ["eval", "di2in", "--workdir", str(tmp_path)])
+
+
+def test_eval_of_a_trained_run_keeps_what_the_checkpoint_fixed(trained, capsys):
+    msg = _error(capsys, ["eval", "di2in", "--workdir", str(trained), "--set", "model.channels=8,16"])
+    assert "fixed by the trained run" in msg
+    assert main(["eval", "di2in", "--workdir", str(trained), "--set", "train.eval_batch_size=8",
+                 "--split", "test"]) == 0
+    assert "| dice |" in capsys.readouterr().out

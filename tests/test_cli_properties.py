@@ -21,7 +21,6 @@ import types
 import typing
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -130,7 +129,6 @@ def _payloads():
     )
 
 
-@pytest.mark.slow
 @SETTINGS
 @given(payload=_payloads(), suffix=st.sampled_from([".nii.gz", ".nii", ".dcm", ".png"]),
        command=st.sampled_from(["info", "drr"]))

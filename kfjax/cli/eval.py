@@ -27,6 +27,18 @@ def add_parser(sub) -> None:
     e.set_defaults(func=run)
 
 
+FIXED_AFTER_TRAINING = ("seed", "model.", "loss.", "optim", "train.")
+"""Settings a trained run's checkpoint depends on: `kfjax eval` may not change them (train.eval_batch_size may)."""
+
+
+def _check_eval_overrides(method: str, settings: list[str]) -> None:
+    for item in settings:
+        key = item.partition("=")[0].strip()
+        if key != "train.eval_batch_size" and key.startswith(FIXED_AFTER_TRAINING):
+            raise ConfigError(f"--set '{item}': {key} is fixed by the trained run; evaluate with data.* or "
+                              f"train.eval_batch_size changes only, or retrain with `kfjax train {method} --set ...`")
+
+
 def run(args) -> int:
     setup_jax()
     from kfjax.config import to_dict
@@ -40,6 +52,7 @@ def run(args) -> int:
         if workdir is None:
             raise ConfigError(f"'{args.method}' is evaluated from a trained run; give --workdir DIR "
                               f"(the folder `kfjax train {args.method}` wrote)")
+        _check_eval_overrides(args.method, args.set)
         method = registry.from_workdir(args.method, workdir, args.set)
         state = restore_for_eval(method, workdir)
     else:

@@ -107,19 +107,11 @@ def _resolve(ds: DerivedSet, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_cached(data: Path, manifest: Path, expect: dict) -> tuple[dict, dict] | None:
     """The cached (arrays, meta) if manifest and file match ``expect``, else None (and stale files removed)."""
     try:
         info = json.loads(manifest.read_text())
-        if any(info.get(k) != v for k, v in expect.items()) or _sha256(data) != info["sha256"]:
+        if any(info.get(k) != v for k, v in expect.items()) or sources.sha256_file(data) != info["sha256"]:
             raise ValueError("stale or corrupt")
         with np.load(data, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -166,7 +158,7 @@ def build(name: str, **params) -> tuple[dict[str, np.ndarray], dict]:
             save(f, **arrays)
 
     _write_atomic(data, write)
-    info = dict(expect, sha256=_sha256(data), meta=meta)
+    info = dict(expect, sha256=sources.sha256_file(data), meta=meta)
     _write_atomic(manifest, lambda tmp: tmp.write_text(json.dumps(info, indent=1)))
     return arrays, meta
 

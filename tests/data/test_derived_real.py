@@ -12,16 +12,6 @@ from kfjax.data import ct, derived, mr
 pytestmark = pytest.mark.data
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("kfjax-derived")
-
-
-@pytest.fixture(autouse=True)
-def _use_data_root(data_root, monkeypatch):
-    monkeypatch.setenv("KFJAX_DATA", str(data_root))
-
-
 def _check_ct_slices(d, size):
     assert d["hu"].shape == (133, size, size, 1) and d["mu"].shape == d["hu"].shape
     assert d["pixel_mm"] == pytest.approx(0.703125 * 512 / size) and d["slice_mm"] == pytest.approx(2.5)

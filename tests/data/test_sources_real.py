@@ -11,14 +11,10 @@ from kfjax.data import sources
 pytestmark = pytest.mark.data
 
 
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("kfjax-data")
-
-
-@pytest.fixture(autouse=True)
-def _use_data_root(data_root, monkeypatch):
-    monkeypatch.setenv("KFJAX_DATA", str(data_root))
+@pytest.fixture
+def data_root(session_folders):
+    """The session's KFJAX_DATA (tests/conftest.py): each source is fetched once per test session."""
+    return session_folders["KFJAX_DATA"]
 
 
 @pytest.mark.parametrize("name", list(sources.SOURCES))

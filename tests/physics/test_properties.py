@@ -5,7 +5,8 @@ minute on 2 cores).
   arc detector) geometries, odd and tiny to moderately large images, shifted detectors: the projection is
   finite, the adjoint is exact to a float32 round-off bound derived from the sizes, gradients are finite.
 - DRR renderer (kfjax.physics.drr) at random SE(3) poses, the source outside or inside the volume, both
-  modes: images are finite and non-negative, pose and volume gradients are finite.
+  modes: images are finite and non-negative, pose and volume gradients are finite. (It found negative
+  trilinear DRRs of a volume behind the detector; test_drr_of_a_volume_behind_the_detector_is_zero keeps it.)
 
 Every geometry is compiled anew (it is static), so sizes come from a small set and examples are few.
 """
@@ -76,7 +77,7 @@ def arrays(draw, shape):
     return x.astype(np.float32)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(data=st.data())
 def test_projector_is_finite_with_an_exact_adjoint_and_finite_gradients(data):
     """<A x, y> = <x, Aᵀ y> to float32 round-off, for any geometry, image and sinogram.
@@ -125,8 +126,9 @@ def _vec3(lo, hi):
 
 @st.composite
 def scenes(draw):
-    """(volume, affine, extrinsic): anisotropic rotated voxels, a camera at a random SE(3) pose aimed near
-    the volume from outside (40..400 mm) or with the source inside it (0..15 mm from the centre)."""
+    """(volume, affine, extrinsic): anisotropic rotated voxels, a camera at a random SE(3) pose aimed at a
+    point within 20 mm of the volume's centre, from 40..400 mm away or from 0..15 mm (the source inside or
+    next to the volume; then the detector may lie inside or beyond it)."""
     spacing = draw(_vec3(0.5, 2.5))
     affine = np.eye(4)
     affine[:3, :3] = np.asarray(se3.so3_exp(draw(_vec3(-math.pi, math.pi))), np.float64) @ np.diag(spacing)
@@ -140,16 +142,17 @@ def scenes(draw):
     return 0.02 * volume, affine, extrinsic
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(scene=scenes(), mode=st.sampled_from(["joseph", "trilinear"]))
 def test_drr_at_random_poses_is_finite_with_finite_gradients(scene, mode):
     volume, affine, extrinsic = scene
     render = drr.make_renderer(CAMERA, mode=mode, n_samples=32, chunk=128)
     image = np.asarray(render(volume, affine, extrinsic))  # the host picks the stepping axis
     assert image.shape == (CAMERA.height, CAMERA.width)
-    assert np.isfinite(image).all() and (image >= 0).all(), "line integrals of attenuation >= 0 must be finite"
+    assert np.isfinite(image).all() and (image >= 0).all(), "line integrals of attenuation must be finite, >= 0"
     grads, traced = _pose_and_volume_gradients(mode)(jnp.zeros(6), volume, extrinsic, affine)
-    assert np.isfinite(np.asarray(traced)).all() and (np.asarray(traced) >= 0).all()
+    traced = np.asarray(traced)
+    assert np.isfinite(traced).all() and (traced >= 0).all(), "line integrals of attenuation must be finite, >= 0"
     for name, g in zip(("pose", "volume"), grads):
         assert np.isfinite(np.asarray(g)).all(), f"{name} gradient is not finite"
 
@@ -175,3 +178,16 @@ def _pose_and_volume_gradients(mode):
         return grads, image
 
     return run
+
+
+def test_drr_of_a_volume_behind_the_detector_is_zero():
+    """Found by the property test above: the detector plane (z = -1.25 mm) lies between the source and the
+    volume (z in [0, 3.5] mm), so every ray ends before the volume and the DRR must be 0. The trilinear mode
+    gave down to -1e-3: its sample range [alpha_min, alpha_max] ran backwards when no ray met the volume."""
+    volume = 0.02 * np.random.default_rng(0).random(VOLUME).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 0.5, 1.0])
+    extrinsic = np.eye(4)
+    extrinsic[:3, 3] = [-5.5, -4.5, CAMERA.sdd + 1.25]  # source at z = -301.25 mm looking along +z
+    for mode in ("joseph", "trilinear"):
+        image = np.asarray(drr.make_renderer(CAMERA, mode=mode, n_samples=32)(volume, affine, extrinsic))
+        np.testing.assert_array_equal(image, 0.0, err_msg=mode)
