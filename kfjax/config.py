@@ -44,6 +44,10 @@ class TrainConfig:
     checkpoint_every: int = 200  # save a checkpoint every this many steps (and always at the end)
     keep_checkpoints: int = 3  # keep the last K checkpoints
     eval_batch_size: int = 0  # global eval batch (0: same as data.batch_size)
+    compute_dtype: str = "float32"  # float32 | bfloat16 | float16: activations and convolutions (parameters stay float32)
+    accumulate: int = 1  # micro-batches per step: the update of a batch this many times larger, in one jitted step
+    ema_decay: float = 0.0  # parameter EMA decay (e.g. 0.999), used for evaluation and inference when > 0
+    profile_steps: int = 10  # with `kfjax train --profile DIR`: steps traced after two warm-up steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,20 @@ class BaseDataConfig:
     """Data settings every method has; a method's `DataConfig` extends it."""
 
     batch_size: int = 8  # global batch size (split over all devices and processes)
+
+
+REMAT_MODES = ("none", "blocks", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModelConfig:
+    """Network settings the engine reads; a method's `ModelConfig` extends it (field `model`)."""
+
+    remat: str = "none"  # none | blocks (recompute each conv block in the backward pass) | full (the whole network)
+
+    def __post_init__(self):
+        if self.remat not in REMAT_MODES:
+            raise ConfigError(f"model.remat '{self.remat}' is not one of {', '.join(REMAT_MODES)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ LAYERS = {
     "kfjax.physics": 2,
     "kfjax.nn": 3, "kfjax.data": 3, "kfjax.register": 3,
     "kfjax.train": 4,
-    "kfjax.methods": 5,
+    "kfjax.methods": 5, "kfjax.bench": 5,
     "kfjax.cli": 6, "kfjax.__main__": 6,
 }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kfjax.cli import data, demo, drr, info, infer, plot, train
+from kfjax.cli import bench, data, demo, drr, info, infer, plot, train
 from kfjax.cli import eval as eval_command
 from kfjax.cli import list as list_command
 from kfjax.cli._common import EXIT_BAD_INPUT, EXIT_INTERRUPTED
@@ -21,7 +21,7 @@ from kfjax.errors import KfjaxError
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "main", "parser"]
 
 # In the order `kfjax --help` lists them; each module has `add_parser(subparsers)`.
-SUBCOMMANDS = (list_command, train, eval_command, demo, plot, info, infer, data, drr)
+SUBCOMMANDS = (list_command, train, eval_command, demo, plot, info, infer, data, drr, bench)
 
 
 def parser() -> argparse.ArgumentParser:

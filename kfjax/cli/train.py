@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     t.add_argument("--workdir", help="run folder (default runs/METHOD)")
     t.add_argument("--distributed", action="store_true", help="multi-process run: jax.distributed.initialize()")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace of train.profile_steps steps "
+                   "after two warm-up steps to DIR (TensorBoard / Perfetto)")
     t.set_defaults(func=run)
 
 
@@ -26,7 +28,7 @@ def run(args) -> int:
 
     method = registry.build(args.method, args.config, args.set)
     workdir = args.workdir or str(Path("runs") / args.method)
-    result = train(method, workdir, progress=not args.no_progress)
+    result = train(method, workdir, progress=not args.no_progress, profile=args.profile)
     if result.status == "interrupted":
         return EXIT_INTERRUPTED
     print_table(result.eval_metrics, f"{args.method} on the validation split")

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from kfjax import losses
-from kfjax.config import BaseConfig, OptimConfig, TrainConfig
+from kfjax.config import BaseConfig, BaseModelConfig, OptimConfig, TrainConfig
 from kfjax.data.unpaired import UnpairedDataConfig
 from kfjax.errors import InputError
 from kfjax.methods.common.gan import UnpairedMethod, discriminator_update, translation_scores
@@ -38,6 +38,7 @@ from kfjax.methods.registry import register
 from kfjax.nn.adn import ADNNet
 from kfjax.nn.gan import PatchDiscriminator
 from kfjax.train.method import Inference, Variables
+from kfjax.train.precision import apply_network
 from kfjax.train.state import TrainState
 from kfjax.units import hu_to_mu, mu_to_hu, to_signed, to_unit, MU_RANGE
 
@@ -45,7 +46,7 @@ __all__ = ["ADNConfig", "ADNMethod"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(BaseModelConfig):
     base: int = 64  # encoder/decoder base channels
     num_down: int = 2  # stride-2 encoder layers (= upsampling decoder layers)
     num_residual: int = 4  # residual blocks in every encoder and decoder
@@ -85,7 +86,7 @@ class ADNMethod(UnpairedMethod):
     def __init__(self, config: ADNConfig):
         super().__init__(config)
         m = config.model
-        self.model = ADNNet(1, m.base, m.num_down, m.num_residual, m.num_sides)
+        self.model = ADNNet(1, m.base, m.num_down, m.num_residual, m.num_sides, remat=m.remat == "blocks")
         self.discriminator = PatchDiscriminator(m.d_features, m.d_layers, "instance")
 
     def init_variables(self, key: jax.Array, batch) -> Variables:
@@ -96,11 +97,11 @@ class ADNMethod(UnpairedMethod):
                                  "d_high": self.discriminator.init(k_h, a)["params"]})
 
     def _d(self, params, x):
-        return self.discriminator.apply({"params": params}, x)
+        return apply_network(self.discriminator, {"params": params}, x, remat=self.config.model.remat == "full")
 
     def generate(self, params, low: jax.Array, high: jax.Array) -> dict[str, jax.Array]:
         """{ll, lh, hl, hh, hlh}, each `(B, H, W, 1)` in [-1, 1]."""
-        return self.model.apply({"params": params}, low, high)
+        return apply_network(self.model, {"params": params}, low, high, remat=self.config.model.remat == "full")
 
     def _generator_loss(self, gen, d_low, d_high, batch):
         w = self.config.loss

@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from kfjax import losses
-from kfjax.config import BaseConfig, OptimConfig, TrainConfig
+from kfjax.config import BaseConfig, BaseModelConfig, OptimConfig, TrainConfig
 from kfjax.data.unpaired import UnpairedDataConfig
 from kfjax.methods.common.gan import UnpairedMethod, discriminator_update, translation_scores
 from kfjax.methods.registry import register
 from kfjax.nn.gan import PatchDiscriminator, ResnetGenerator, pool_init, pool_query
 from kfjax.train.method import Variables
+from kfjax.train.precision import apply_network
 from kfjax.train.state import TrainState
 from kfjax.units import to_unit
 
@@ -36,7 +37,7 @@ __all__ = ["CycleGANConfig", "CycleGANMethod"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(BaseModelConfig):
     features: int = 64  # generator base channels (ngf)
     n_blocks: int = 9  # generator residual blocks (9: resnet_9blocks)
     d_features: int = 64  # discriminator base channels (ndf)
@@ -71,7 +72,7 @@ class CycleGANMethod(UnpairedMethod):
     def __init__(self, config: CycleGANConfig):
         super().__init__(config)
         m = config.model
-        self.generator = ResnetGenerator(1, m.features, m.n_blocks, m.norm)
+        self.generator = ResnetGenerator(1, m.features, m.n_blocks, m.norm, remat=m.remat == "blocks")
         self.discriminator = PatchDiscriminator(m.d_features, m.d_layers, m.norm)
 
     def init_variables(self, key: jax.Array, batch) -> Variables:
@@ -84,10 +85,10 @@ class CycleGANMethod(UnpairedMethod):
         return Variables(params={"generator": gen, "discriminator": dis}, extra=pools)
 
     def _g(self, params, x):
-        return self.generator.apply({"params": params}, x)
+        return apply_network(self.generator, {"params": params}, x, remat=self.config.model.remat == "full")
 
     def _d(self, params, x):
-        return self.discriminator.apply({"params": params}, x)
+        return apply_network(self.discriminator, {"params": params}, x, remat=self.config.model.remat == "full")
 
     def _generator_loss(self, gen, dis, batch):
         cfg = self.config.loss

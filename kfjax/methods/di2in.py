@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kfjax import losses, metrics
-from kfjax.config import BaseConfig, BaseDataConfig, OptimConfig, TrainConfig
+from kfjax.config import BaseConfig, BaseDataConfig, BaseModelConfig, OptimConfig, TrainConfig
 from kfjax.data.augment import make_transform
 from kfjax.data.phantoms import organ_dataset
 from kfjax.data.pipeline import ArrayDataset
@@ -44,7 +44,7 @@ class DataConfig(BaseDataConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(BaseModelConfig):
     channels: tuple[int, ...] = (16, 32, 64, 128)  # features per level, finest first (paper: 32..512)
     norm: str = "batch"  # batch | group | instance | layer | none
     upsample: str = "nearest"  # nearest | linear | pixelshuffle (resize + conv; never ConvTranspose)
@@ -88,7 +88,8 @@ class DI2INMethod(SupervisedMethod):
 
     def network(self) -> DI2IN:
         m = self.config.model
-        return DI2IN(out_channels=1, channels=tuple(m.channels), norm=m.norm, upsample=m.upsample)
+        return DI2IN(out_channels=1, channels=tuple(m.channels), norm=m.norm, upsample=m.upsample,
+                     remat=m.remat == "blocks")
 
     def network_inputs(self, batch) -> tuple:
         return (batch["image"],)

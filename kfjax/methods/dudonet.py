@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kfjax import losses
-from kfjax.config import BaseConfig, BaseDataConfig, OptimConfig, TrainConfig
+from kfjax.config import BaseConfig, BaseDataConfig, BaseModelConfig, OptimConfig, TrainConfig
 from kfjax.data.mar import mar_data
 from kfjax.data.pipeline import ArrayDataset
 from kfjax.errors import ConfigError
@@ -54,7 +54,7 @@ class DataConfig(BaseDataConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(BaseModelConfig):
     mode: str = "dual"  # dual (DuDoNet) | image (IE-Net only) | sinogram (SE-Net + RIL only)
     se_channels: tuple[int, ...] = (16, 32, 64, 128)  # SE-Net features per level (finest first)
     ie_channels: tuple[int, ...] = (16, 32, 64, 128)  # IE-Net features per level
@@ -145,7 +145,8 @@ class DuDoNetMethod(SupervisedMethod):
     def network(self) -> DuDoNet:
         m = self.config.model
         return DuDoNet(self.geometry(), 1.0 / MU_WATER_70KEV, SINO_SCALE, mode=m.mode, se_channels=tuple(m.se_channels),
-                       ie_channels=tuple(m.ie_channels), norm=m.norm, filter=m.filter)
+                       ie_channels=tuple(m.ie_channels), norm=m.norm, filter=m.filter,
+                       remat=m.remat == "blocks")
 
     def network_inputs(self, batch) -> tuple:
         return batch["li_sinogram"], batch["metal_trace"], batch["li_image"]

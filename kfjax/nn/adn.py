@@ -30,6 +30,7 @@ class ADNEncoder(nn.Module):
     base: int = 64
     num_down: int = 2
     num_residual: int = 4
+    remat: bool = False  # recompute each residual block in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
@@ -40,7 +41,7 @@ class ADNEncoder(nn.Module):
             x = ConvBlock(self.base * 2**i, 4, strides=2, padding=1, norm="instance", act="relu")(x)
             sides.append(x)
         for _ in range(self.num_residual):
-            x = ResidualBlock("instance", "relu")(x)
+            x = ResidualBlock("instance", "relu", self.remat)(x)
             sides.append(x)
         return x, sides
 
@@ -53,10 +54,11 @@ class ADNDecoder(nn.Module):
     num_up: int = 2
     num_residual: int = 4
     up_norm: str = "layer"
+    remat: bool = False  # recompute each residual block in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, sides: tuple[jax.Array, ...] = ()) -> jax.Array:
-        layers = [lambda y: ResidualBlock("instance", "leaky_relu")(y) for _ in range(self.num_residual)]
+        layers = [lambda y: ResidualBlock("instance", "leaky_relu", self.remat)(y) for _ in range(self.num_residual)]
         channels = self.base * 2**self.num_up
         for _ in range(self.num_up):
             channels //= 2
@@ -86,10 +88,12 @@ class ADNNet(nn.Module):
     num_down: int = 2
     num_residual: int = 4
     num_sides: int = 3
+    remat: bool = False  # recompute each residual block in the backward pass (model.remat=blocks)
 
     def setup(self):
-        enc = {"base": self.base, "num_down": self.num_down, "num_residual": self.num_residual}
-        dec = {"out_channels": self.channels, "base": self.base, "num_up": self.num_down, "num_residual": self.num_residual}
+        enc = {"base": self.base, "num_down": self.num_down, "num_residual": self.num_residual, "remat": self.remat}
+        dec = {"out_channels": self.channels, "base": self.base, "num_up": self.num_down,
+               "num_residual": self.num_residual, "remat": self.remat}
         self.encoder_low = ADNEncoder(**enc)
         self.encoder_high = ADNEncoder(**enc)
         self.encoder_art = ADNEncoder(**enc)

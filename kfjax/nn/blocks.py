@@ -25,6 +25,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def run_block(module: nn.Module, body: Callable, remat: bool, *args):
+    """`body(module, *args)`, rematerialised when `remat`: its activations are recomputed in the backward
+    pass instead of kept. Submodules made inside `body` keep the names (and parameters) they have without it."""
+    return (nn.remat(body) if remat else body)(module, *args)
+
+
 class Norm(nn.Module):
     """Normalisation by name: batch (running statistics), group, instance, layer or none.
 
@@ -83,11 +89,15 @@ class DoubleConv(nn.Module):
     features: int
     norm: str = "group"
     act: str = "relu"
+    remat: bool = False  # recompute the block's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = ConvNormAct(self.features, norm=self.norm, act=self.act)(x, train)
-        return ConvNormAct(self.features, norm=self.norm, act=self.act)(x, train)
+        def body(module, x):
+            x = ConvNormAct(self.features, norm=self.norm, act=self.act)(x, train)
+            return ConvNormAct(self.features, norm=self.norm, act=self.act)(x, train)
+
+        return run_block(self, body, self.remat, x)
 
 
 def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kfjax.nn.blocks import ConvNormAct, Upsample, upsample_nearest
+from kfjax.nn.blocks import ConvNormAct, Upsample, run_block, upsample_nearest
 
 
 class DI2IN(nn.Module):
@@ -29,6 +29,16 @@ class DI2IN(nn.Module):
     norm: str = "batch"
     act: str = "leaky_relu"
     upsample: str = "nearest"
+    remat: bool = False  # recompute each level's pair of ConvNormAct blocks in the backward pass
+
+    def _pair(self, features: int, train: bool):
+        """`body(module, x)` of two 3x3 ConvNormAct blocks."""
+
+        def body(module, x):
+            x = ConvNormAct(features, norm=self.norm, act=self.act)(x, train)
+            return ConvNormAct(features, norm=self.norm, act=self.act)(x, train)
+
+        return body
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, tuple[jax.Array, ...]]:
@@ -37,8 +47,7 @@ class DI2IN(nn.Module):
         for i, features in enumerate(self.channels):
             if i > 0:
                 x = ConvNormAct(features, strides=2, norm=self.norm, act=self.act)(x, train)
-            x = ConvNormAct(features, norm=self.norm, act=self.act)(x, train)
-            x = ConvNormAct(features, norm=self.norm, act=self.act)(x, train)
+            x = run_block(self, self._pair(features, train), self.remat, x)
             skips.append(x)
         skips.pop()
         sides = []
@@ -46,8 +55,7 @@ class DI2IN(nn.Module):
         for level, (features, skip) in enumerate(zip(reversed(self.channels[:-1]), reversed(skips))):
             x = Upsample(features, self.upsample)(x)
             x = jnp.concatenate([x, skip], axis=-1)
-            x = ConvNormAct(features, norm=self.norm, act=self.act)(x, train)
-            x = ConvNormAct(features, norm=self.norm, act=self.act)(x, train)
+            x = run_block(self, self._pair(features, train), self.remat, x)
             side = nn.Conv(self.out_channels, (1,) * dims, name=f"side_{level}")(x)
             factor = 2 ** (levels - 1 - level)
             sides.append(upsample_nearest(side, factor) if factor > 1 else side)

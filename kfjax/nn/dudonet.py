@@ -40,10 +40,13 @@ class DuDoNet(nn.Module):
     norm: str = "group"
     upsample: str = "nearest"
     filter: str = "ram-lak"
+    remat: bool = False  # recompute the U-Nets' blocks in the backward pass (model.remat=blocks)
 
     def radon_inversion(self, sinogram: jax.Array) -> jax.Array:
-        """Normalised sinogram -> normalised image through the differentiable FBP."""
-        return fbp(sinogram / self.sino_scale, self.geometry, self.filter, fan_method="rebin") * self.image_scale
+        """Normalised sinogram -> normalised image through the differentiable FBP, computed in float32 whatever
+        the network's compute dtype (the result is cast back to the sinogram's dtype)."""
+        image = fbp(sinogram.astype(jnp.float32) / self.sino_scale, self.geometry, self.filter, fan_method="rebin")
+        return (image * self.image_scale).astype(sinogram.dtype)
 
     @nn.compact
     def __call__(self, li_sinogram: jax.Array, trace: jax.Array, li_image: jax.Array, train: bool = False):
@@ -52,7 +55,8 @@ class DuDoNet(nn.Module):
         out = {}
         if self.mode in ("dual", "sinogram"):
             se = MaskPyramidUNet(
-                1, tuple(self.se_channels), norm=self.norm, upsample=self.upsample, zero_output=True, name="se_net"
+                1, tuple(self.se_channels), norm=self.norm, upsample=self.upsample, zero_output=True,
+                remat=self.remat, name="se_net"
             )
             enhanced = se(jnp.concatenate([li_sinogram, trace], axis=-1), trace, train)
             out["y_out"] = li_sinogram + trace * enhanced
@@ -60,7 +64,8 @@ class DuDoNet(nn.Module):
         if self.mode == "sinogram":
             out["x_out"] = out["x_hat"]
             return out
-        ie = UNet(1, tuple(self.ie_channels), norm=self.norm, upsample=self.upsample, zero_output=True, name="ie_net")
+        ie = UNet(1, tuple(self.ie_channels), norm=self.norm, upsample=self.upsample, zero_output=True,
+                  remat=self.remat, name="ie_net")
         inputs = li_image if self.mode == "image" else jnp.concatenate([out["x_hat"], li_image], axis=-1)
         out["x_out"] = li_image + ie(inputs, train)
         return out

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kfjax.nn.blocks import ACTIVATIONS, Norm, upsample_nearest
+from kfjax.nn.blocks import ACTIVATIONS, Norm, run_block, upsample_nearest
 
 __all__ = [
     "ConvBlock",
@@ -69,13 +69,16 @@ class ResidualBlock(nn.Module):
 
     norm: str = "instance"
     act: str = "relu"
+    remat: bool = False  # recompute the block's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        c = x.shape[-1]
-        y = ConvBlock(c, 3, norm=self.norm, act=self.act)(x, train)
-        y = ConvBlock(c, 3, norm=self.norm, act="none")(y, train)
-        return x + y
+        def body(module, x):
+            c = x.shape[-1]
+            y = ConvBlock(c, 3, norm=self.norm, act=self.act)(x, train)
+            return x + ConvBlock(c, 3, norm=self.norm, act="none")(y, train)
+
+        return run_block(self, body, self.remat, x)
 
 
 class PatchDiscriminator(nn.Module):
@@ -110,6 +113,7 @@ class ResnetGenerator(nn.Module):
     features: int = 64
     n_blocks: int = 9
     norm: str = "instance"
+    remat: bool = False  # recompute each residual block in the backward pass (model.remat=blocks)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -118,7 +122,7 @@ class ResnetGenerator(nn.Module):
         for mult in (2, 4):
             x = ConvBlock(f * mult, 3, strides=2, norm=self.norm)(x, train)
         for _ in range(self.n_blocks):
-            x = ResidualBlock(self.norm)(x, train)
+            x = ResidualBlock(self.norm, remat=self.remat)(x, train)
         for mult in (2, 1):
             x = ConvBlock(f * mult, 3, norm=self.norm)(upsample_nearest(x, 2), train)
         return jnp.tanh(ReflectConv(self.out_channels, 7)(x))

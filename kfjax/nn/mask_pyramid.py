@@ -45,6 +45,7 @@ class MaskPyramidUNet(nn.Module):
     act: str = "relu"
     upsample: str = "nearest"
     zero_output: bool = False  # zero-initialise the output conv (a residual branch that starts as identity)
+    remat: bool = False  # recompute each level's DoubleConv in the backward pass (model.remat=blocks)
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
@@ -54,13 +55,13 @@ class MaskPyramidUNet(nn.Module):
         skips = []
         for i, features in enumerate(self.channels):
             m = nn.relu(nn.Conv(self.mask_features, (3, 3), padding="SAME", name=f"mask_conv_{i}")(mask))
-            x = DoubleConv(features, self.norm, self.act)(jnp.concatenate([x, m], axis=-1), train)
+            x = DoubleConv(features, self.norm, self.act, self.remat)(jnp.concatenate([x, m], axis=-1), train)
             if i < len(self.channels) - 1:
                 skips.append(x)
                 x, mask = max_pool(x), max_pool(mask)
         for features, skip in zip(reversed(self.channels[:-1]), reversed(skips)):
             x = Upsample(features, self.upsample)(x)
-            x = DoubleConv(features, self.norm, self.act)(jnp.concatenate([x, skip], axis=-1), train)
+            x = DoubleConv(features, self.norm, self.act, self.remat)(jnp.concatenate([x, skip], axis=-1), train)
         init = nn.initializers.zeros if self.zero_output else nn.initializers.lecun_normal()
         x = nn.Conv(self.out_channels, (1, 1), kernel_init=init)(x)
         return crop_sinogram(x, pads)

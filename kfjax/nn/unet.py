@@ -26,19 +26,20 @@ class UNet(nn.Module):
     act: str = "relu"
     upsample: str = "nearest"
     zero_output: bool = False  # zero-initialise the output conv (a residual branch that starts as identity)
+    remat: bool = False  # recompute each level's DoubleConv in the backward pass (model.remat=blocks)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         skips = []
         for i, features in enumerate(self.channels):
-            x = DoubleConv(features, self.norm, self.act)(x, train)
+            x = DoubleConv(features, self.norm, self.act, self.remat)(x, train)
             if i < len(self.channels) - 1:
                 skips.append(x)
                 x = max_pool(x)
         for features, skip in zip(reversed(self.channels[:-1]), reversed(skips)):
             x = Upsample(features, self.upsample)(x)
             x = jnp.concatenate([x, skip], axis=-1)
-            x = DoubleConv(features, self.norm, self.act)(x, train)
+            x = DoubleConv(features, self.norm, self.act, self.remat)(x, train)
         dims = x.ndim - 2
         init = nn.initializers.zeros if self.zero_output else nn.initializers.lecun_normal()
         return nn.Conv(self.out_channels, (1,) * dims, kernel_init=init)(x)

@@ -23,7 +23,7 @@ import numpy as np
 from kfjax.errors import ConfigError, InputError
 from kfjax.physics.filters import ramp_filter
 from kfjax.physics.geometry import FanBeam, ParallelBeam
-from kfjax.physics.projector import make_projector
+from kfjax.physics.projector import at_least_float32, make_projector
 
 
 def rebinned_geometry(fan: FanBeam, oversample: int = 2) -> ParallelBeam:
@@ -102,8 +102,10 @@ def fbp(sinogram: jnp.ndarray, geometry, filter: str = "ram-lak", fan_method: st
 
     `geometry`: `ParallelBeam` (180° or 360°) or `FanBeam` (360°, flat or arc). `filter`: ram-lak,
     shepp-logan, cosine, hann or hamming. `fan_method`: "direct" (weighted fan-beam FBP, the more accurate)
-    or "rebin" (rebin to parallel beam, then parallel FBP: DuDoNet's Radon inversion layer).
+    or "rebin" (rebin to parallel beam, then parallel FBP: DuDoNet's Radon inversion layer). Computed in
+    float32 (or float64) whatever the input's precision: a bfloat16/float16 sinogram is cast first.
     """
+    sinogram = at_least_float32(sinogram)
     if sinogram.ndim != 4 or tuple(sinogram.shape[1:3]) != (
         geometry.n_views,
         geometry.n_det,

@@ -18,6 +18,7 @@ computations.
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 
 import jax
@@ -26,7 +27,7 @@ import numpy as np
 
 from kfjax.errors import InputError
 from kfjax.physics.geometry import ParallelBeam
-from kfjax.physics.rays import adjoint_taps, bin_reach, pixel_to_bin, ray_table
+from kfjax.physics.rays import adjoint_taps, bin_reach, fan_reach, pixel_to_bin, ray_table
 
 
 def _to_columns(x: jnp.ndarray) -> tuple[jnp.ndarray, tuple[int, int]]:
@@ -84,19 +85,16 @@ def _forward(geometry, image: jnp.ndarray) -> jnp.ndarray:
 
 def _adjoint(geometry, sinogram: jnp.ndarray) -> jnp.ndarray:
     """Exact transpose of `_forward`. `sinogram (B, n_views, n_det, C)` -> `(B, H, W, C)`."""
+    if not isinstance(geometry, ParallelBeam):
+        return _fan_adjoint(geometry, sinogram)
     h, w = geometry.image_shape
-    s = geometry.pixel_size
     values, bc = _to_columns(sinogram)  # (V, D, N)
     n = values.shape[-1]
     dtype = values.dtype
     n_det = geometry.n_det
     major, a, b, length = ray_table(geometry, dtype)
-    parallel = isinstance(geometry, ParallelBeam)
     theta = jnp.asarray(geometry.angles(), dtype)
-    rows = jnp.arange(h, dtype=dtype)[:, None] * jnp.ones((1, w), dtype)
-    columns = jnp.ones((h, 1), dtype) * jnp.arange(w, dtype=dtype)[None, :]
-    x = (columns - (w - 1) / 2) * s
-    y = ((h - 1) / 2 - rows) * s
+    columns, rows, x, y = _pixel_grid(geometry, dtype)
     reach = bin_reach(geometry)
     taps = adjoint_taps(geometry)
 
@@ -104,33 +102,97 @@ def _adjoint(geometry, sinogram: jnp.ndarray) -> jnp.ndarray:
         angle, major_v, a_v, b_v, length_v, value_v = inputs
         centre = pixel_to_bin(geometry, x, y, jnp.cos(angle), jnp.sin(angle))
         first = jnp.floor(centre - reach).astype(jnp.int32) + 1
-        if parallel:  # one direction per view: only the offsets a differ between rays
-            own_major = jnp.where(major_v[0], columns, rows)
-            own_minor = jnp.where(major_v[0], rows, columns)
-            slope = b_v[0] * own_major
-        else:
-            table = jnp.stack([major_v.astype(dtype), a_v, b_v, length_v], -1)  # (D, 4): one gather per tap
+        # one direction per view: only the offsets a differ between rays
+        own_major = jnp.where(major_v[0], columns, rows)
+        own_minor = jnp.where(major_v[0], rows, columns)
+        slope = b_v[0] * own_major
         for m in range(taps):
             d = first + m
             ok = (d >= 0) & (d < n_det)
             dc = jnp.clip(d, 0, n_det - 1)
-            if parallel:
-                minor = a_v.at[dc].get(mode="promise_in_bounds") + slope
-                step = length_v[0]
-            else:
-                ray = table.at[dc].get(mode="promise_in_bounds")
-                is_major = ray[..., 0] > 0.5
-                own_major = jnp.where(is_major, columns, rows)
-                own_minor = jnp.where(is_major, rows, columns)
-                minor = ray[..., 1] + ray[..., 2] * own_major
-                step = ray[..., 3]
+            minor = a_v.at[dc].get(mode="promise_in_bounds") + slope
             tent = jnp.maximum(0, 1 - jnp.abs(minor - own_minor))
-            weight = jnp.where(ok, step * tent, 0)
+            weight = jnp.where(ok, length_v[0] * tent, 0)
             total = total + weight[..., None] * value_v.at[dc].get(mode="promise_in_bounds")
         return total, None
 
     total, _ = jax.lax.scan(view, jnp.zeros((h, w, n), dtype), (theta, major, a, b, length, values))
     return _from_columns(total, bc)
+
+
+def _pixel_grid(geometry, dtype):
+    """Column and row index of every pixel, and its world centre (x, y) in mm, each `(H, W)`."""
+    h, w = geometry.image_shape
+    s = geometry.pixel_size
+    rows = jnp.arange(h, dtype=dtype)[:, None] * jnp.ones((1, w), dtype)
+    columns = jnp.ones((h, 1), dtype) * jnp.arange(w, dtype=dtype)[None, :]
+    return columns, rows, (columns - (w - 1) / 2) * s, ((h - 1) / 2 - rows) * s
+
+
+def _fan_rows(geometry, values: jnp.ndarray, taps: int) -> tuple[jnp.ndarray, ...]:
+    """Per view and bin the ray's weight plane `(w, A, B, C)` and its sinogram values, zero rows as padding.
+
+    The Joseph weight of ray `(major, a, b, w)` on pixel (row r, column c) is `w·max(0, 1 - |a + b·k - j|)`
+    with (k, j) = (c, r) for a column-marched ray and (r, c) otherwise; folded into one plane,
+    `max(0, w - |A + B·c + C·r|)`, so a tap needs no branch on the ray's major axis. A zero row has weight 0,
+    which replaces the in-range test of bins past either end of the detector. Tables are
+    `(V, taps + D + taps, ·)`: one `(w, A, B, C, value)` table for a single column (one gather per tap, fused
+    into the sum), else the planes and the values apart: XLA:CPU stores a gathered row that is sliced several
+    ways, and with many columns that buffer leaves the cache.
+    """
+    major, a, b, length = ray_table(geometry, values.dtype)
+    minus = -jnp.ones_like(b)
+    planes = jnp.stack(
+        [length, length * a, length * jnp.where(major, b, minus), length * jnp.where(major, minus, b)], -1
+    )
+    tables = (jnp.concatenate([planes, values], -1),) if values.shape[-1] == 1 else (planes, values)
+    return tuple(jnp.pad(t, ((0, 0), (taps, taps), (0, 0))) for t in tables)
+
+
+def _fan_adjoint(geometry, sinogram: jnp.ndarray) -> jnp.ndarray:
+    """`_adjoint` for a fan beam: per pixel and view, the bins within `fan_reach` of its centre.
+
+    Each tap gathers the ray's weight plane and its sinogram values from `_fan_rows`. The first bin of view
+    v + 1 is computed at the end of step v and carried, so XLA keeps it as one small integer array per view
+    instead of recomputing the pixel-to-bin map inside every tap's gather.
+    """
+    h, w = geometry.image_shape
+    values, bc = _to_columns(sinogram)  # (V, D, N)
+    n = values.shape[-1]
+    dtype = values.dtype
+    reach = fan_reach(geometry)
+    taps = max(1, math.ceil(2 * reach * (1 + 1e-6)))
+    tables = _fan_rows(geometry, values, taps)
+    theta = jnp.asarray(geometry.angles(), dtype)
+    columns, rows, x, y = _pixel_grid(geometry, dtype)
+
+    def first_bin(angle):
+        return _first_bin(geometry, x, y, angle, reach, taps)
+
+    def view(carry, inputs):
+        total, first = carry
+        next_angle, *tables_v = inputs
+        for m in range(taps):
+            ray, *rest = (t.at[first + m].get(mode="promise_in_bounds") for t in tables_v)
+            weight = jnp.maximum(0, ray[..., 0] - jnp.abs(ray[..., 1] + ray[..., 2] * columns + ray[..., 3] * rows))
+            total = total + weight[..., None] * (rest[0] if rest else ray[..., 4:])
+        return (total, first_bin(next_angle)), None
+
+    next_angles = jnp.concatenate([theta[1:], theta[:1]])  # the last one is computed and dropped
+    start = (jnp.zeros((h, w, n), dtype), first_bin(theta[0]))
+    (total, _), _ = jax.lax.scan(view, start, (next_angles, *tables))
+    return _from_columns(total, bc)
+
+
+def _first_bin(geometry, x, y, angle, reach: float, taps: int) -> jnp.ndarray:
+    """Row of `_fan_rows` of the lowest bin within `reach` bins of the ray through (x, y), `(H, W)` int32.
+
+    Clipped to [-taps, n_det] before the shift by `taps`, so all `taps` rows from it lie in the padded table
+    and the bins outside the detector land on zero rows.
+    """
+    centre = pixel_to_bin(geometry, x, y, jnp.cos(angle), jnp.sin(angle))
+    first = jnp.floor(centre - reach).astype(jnp.int32) + 1
+    return jnp.clip(first, -taps, geometry.n_det) + taps
 
 
 def _check(geometry, x: jnp.ndarray, shape: tuple[int, ...], what: str) -> None:
@@ -148,7 +210,8 @@ def make_projector(geometry, image_shape: tuple[int, int] | None = None):
 
     forward: `(B, H, W, C)` μ (1/mm) -> `(B, n_views, n_det, C)` line integrals (μ·mm).
     adjoint: `(B, n_views, n_det, C)` -> `(B, H, W, C)`, its exact transpose (mm).
-    `image_shape` overrides `geometry.image_shape`.
+    `image_shape` overrides `geometry.image_shape`. Both compute in float32 (float64 inputs in float64): a
+    bfloat16/float16 input from a mixed-precision network is cast to float32 first, and so is the result.
     """
     if image_shape is not None and tuple(image_shape) != tuple(geometry.image_shape):
         geometry = dataclasses.replace(geometry, image_shape=tuple(image_shape))
@@ -167,7 +230,19 @@ def make_projector(geometry, image_shape: tuple[int, int] | None = None):
 
     forward.defvjp(lambda x: (forward(x), None), lambda _, g: (adjoint(g),))
     adjoint.defvjp(lambda y: (adjoint(y), None), lambda _, g: (forward(g),))
-    return forward, adjoint
+
+    def project(image):
+        return forward(at_least_float32(image))
+
+    def backproject(sinogram):
+        return adjoint(at_least_float32(sinogram))
+
+    return project, backproject
+
+
+def at_least_float32(x: jnp.ndarray) -> jnp.ndarray:
+    """`x` cast to float32 when it is a half-precision float (physics runs in float32 or float64)."""
+    return x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
 
 
 @partial(jax.jit, static_argnums=0)

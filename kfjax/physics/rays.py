@@ -85,3 +85,44 @@ def bin_reach(geometry) -> float:
 def adjoint_taps(geometry) -> int:
     """Number of detector bins the adjoint visits per pixel and view."""
     return max(1, math.ceil(2 * bin_reach(geometry) * (1 + 1e-6)))
+
+
+def fan_reach(geometry) -> float:
+    """Half-width (in bins) of the adjoint's window for a fan beam: `bin_reach`, or for a flat detector the
+    exact widest footprint over all pixels and views plus a round-off margin, whichever is smaller.
+
+    A column-marched ray touches pixel (x, y) when it crosses the segment x, y ± s, a row-marched one when it
+    crosses x ± s, y; the bins of those rays lie between the bins of the four end points. On a flat detector
+    the end points p ± δ land `D_sd·s·n / (D·(D ± δr)) / det_spacing` bins from p, with D = D_so - x·sin β +
+    y·cos β the depth of p along the central ray, δr that of δ (-s·sin β along x, s·cos β along y), and
+    n = |cos β·D_so + y| (δ along x) or |sin β·D_so - x| (δ along y). For a fixed row n is fixed and D is
+    linear in x, so the widest pixel of the row is at its left or right end; likewise for a column: the
+    maximum over the image is on its four edges. The margin (2e-3 bins) covers float32 round-off of the
+    pixel-to-bin map.
+    """
+    reach = bin_reach(geometry)
+    if geometry.detector != "flat":
+        return reach
+    h, w = geometry.image_shape
+    s = geometry.pixel_size
+    so = geometry.source_distance
+    x = (np.arange(w) - (w - 1) / 2) * s
+    y = ((h - 1) / 2 - np.arange(h)) * s
+    cos, sin = np.cos(geometry.angles())[:, None], np.sin(geometry.angles())[:, None]
+    widest = 0.0
+    # rows: δ along x; ends are the first and last column
+    for xe in (x[0], x[-1]):
+        depth = so - xe * sin + y[None, :] * cos
+        gap = depth - s * np.abs(sin)
+        if np.any(gap <= 0):
+            return reach
+        widest = max(widest, float(np.max(np.abs(cos * so + y[None, :]) / (depth * gap))))
+    # columns: δ along y; ends are the first and last row
+    for ye in (y[0], y[-1]):
+        depth = so - x[None, :] * sin + ye * cos
+        gap = depth - s * np.abs(cos)
+        if np.any(gap <= 0):
+            return reach
+        widest = max(widest, float(np.max(np.abs(sin * so - x[None, :]) / (depth * gap))))
+    exact = geometry.source_detector_distance * s * widest / geometry.det_spacing
+    return min(reach, exact + 2e-3)

@@ -10,6 +10,7 @@ validation split at the end.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import signal
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from kfjax.config import save_json, to_dict
+from kfjax.config import TrainConfig, apply_dict, save_json, to_dict
 from kfjax.data.pipeline import BatchLoader, eval_batches
 from kfjax.errors import ConfigError, KfjaxError
 from kfjax.metrics import Mean, merge_metrics
@@ -31,7 +32,7 @@ from kfjax.train.checkpoint import Checkpointer
 from kfjax.train.mesh import check_batch_size, make_mesh, process_slice, replicated, shard_batch, to_host
 from kfjax.train.method import Method, spec_of, zeros_like_spec
 from kfjax.train.state import TrainState
-from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
+from kfjax.train.step import check_train_config, engine_extra, make_eval_step, make_predict_step, make_train_step
 from kfjax.train.writers import MetricWriter, Progress
 
 
@@ -67,7 +68,11 @@ def _check_workdir_config(workdir: Path, method: Method) -> None:
         raise ConfigError(
             f"workdir '{workdir}' holds a '{saved.get('method')}' run, not '{method.name}'; use a new --workdir"
         )
-    old, new = saved.get("config", {}), to_dict(method.config)
+    try:  # a run saved before a field existed holds that field's default
+        old = to_dict(apply_dict(type(method.config)(), saved.get("config", {})))
+    except ConfigError:
+        old = saved.get("config", {})
+    new = to_dict(method.config)
     old.get("train", {}).pop("steps", None)
     new["train"].pop("steps", None)
     if old != new:
@@ -91,7 +96,13 @@ def init_train_state(method: Method, mesh, example: dict) -> TrainState:
     """Replicated fresh state built under jit from the seed and the shapes of `example` (arrays or a spec)."""
     spec = spec_of(example)
     key = jax.random.key(method.config.seed)
-    return jax.jit(lambda k: method.init(k, zeros_like_spec(spec)), out_shardings=replicated(mesh))(key)
+    train = getattr(method.config, "train", None) or TrainConfig()
+
+    def init(k):
+        state = method.init(k, zeros_like_spec(spec))
+        return state.replace(extra={**state.extra, **engine_extra(train, state.params)})
+
+    return jax.jit(init, out_shardings=replicated(mesh))(key)
 
 
 class _StopFlag:
@@ -137,11 +148,15 @@ def _open_run(method: Method, workdir: Path) -> _Run:
                           f"run `kfjax eval {method.name}`")
     mesh = make_mesh()
     check_batch_size(cfg.data.batch_size, mesh)
+    if cfg.train.accumulate > 1 and cfg.data.batch_size % (cfg.train.accumulate * mesh.size):
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of train.accumulate="
+                          f"{cfg.train.accumulate} x {mesh.size} device(s); change one of them")
+    check_train_config(cfg.train)
+    state = init_train_state(method, mesh, method.batch_spec(cfg.data.batch_size))  # builds the networks
     if jax.process_index() == 0:  # only a valid run touches the workdir
         _check_workdir_config(workdir, method)
         workdir.mkdir(parents=True, exist_ok=True)
         save_json(cfg, workdir / "config.json", method=method.name)
-    state = init_train_state(method, mesh, method.batch_spec(cfg.data.batch_size))
     checkpoints = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
     restored = checkpoints.restore_latest(state, warn=notice)
     if restored is not None:
@@ -162,6 +177,7 @@ class _Logger:
         self.last = time.perf_counter()
         self.pending: tuple[int, Any] | None = None
         self.last_saved = run.start if run.restored else None
+        self.waited = 0.0  # seconds the loop waited for host batches since the last log line
 
     def settle(self) -> None:
         """Fetch the metrics of the last dispatched step, check them, log them."""
@@ -185,8 +201,9 @@ class _Logger:
             now = time.perf_counter()
             means = {k: v / self.count for k, v in self.sums.items()}
             means["steps_per_s"] = self.count / max(now - self.last, 1e-9)
+            means["data_wait_share"] = min(self.waited / max(now - self.last, 1e-9), 1.0)
             self.run.writer.write(step, means)
-            self.sums, self.count, self.last = {}, 0, now
+            self.sums, self.count, self.last, self.waited = {}, 0, now, 0.0
 
     def save(self) -> None:
         self.settle()
@@ -203,15 +220,91 @@ def _loader(run: _Run) -> BatchLoader:
                        transform=method.transform())
 
 
-def _train_steps(run: _Run, logger: _Logger, loader: BatchLoader) -> str:
+def device_batches(loader, mesh, depth: int = 2):
+    """`(step, device batch, seconds waited for the host batch)`: the next `depth` batches are already
+    sharded onto the devices (transfers overlap the running step)."""
+    pending: collections.deque = collections.deque()
+    batches = iter(loader)
+    done = False
+    while True:
+        waited = 0.0
+        while not done and len(pending) < depth:
+            start = time.perf_counter()
+            item = next(batches, None)
+            waited += time.perf_counter() - start
+            if item is None:
+                done = True
+            else:
+                pending.append((item[0], shard_batch(item[1], mesh)))
+        if not pending:
+            return
+        step, batch = pending.popleft()
+        yield step, batch, waited
+
+
+class _Profiler:
+    """A `jax.profiler` trace of `steps` steps after two warm-up steps, into `directory` (None: off)."""
+
+    WARMUP = 2
+
+    def __init__(self, directory: Path | None, first_step: int, steps: int):
+        self.directory, self.steps = directory, steps
+        self.start_at = first_step + self.WARMUP
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.directory is not None and step == self.start_at and not self.active:
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
+
+    def after(self, step: int, state) -> None:
+        if self.active and step + 1 >= self.start_at + self.steps:
+            self.stop(state)
+
+    def stop(self, state) -> None:
+        if self.active:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+            notice(f"profile of {self.steps} steps written to {self.directory} (open it in TensorBoard or Perfetto)")
+
+    def close(self) -> None:
+        """Stop a trace left open by an error (what was recorded is written)."""
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
+
+
+def _out_of_memory(error: Exception, run: _Run) -> TrainingError | None:
+    """A one-line TrainingError for a device out-of-memory error (None for any other error)."""
+    if not any(marker in str(error) for marker in OOM_MARKERS):
+        return None
+    cfg = run.method.config
+    kept = f"the last checkpoint in {run.checkpoints.directory} is kept"
+    return TrainingError(
+        f"the train step ran out of device memory ({type(error).__name__}); {kept}; lower data.batch_size "
+        f"(now {cfg.data.batch_size}), set model.remat=blocks, train.compute_dtype=bfloat16 "
+        f"(now {cfg.train.compute_dtype}) or train.accumulate=2 or more (now {cfg.train.accumulate})")
+
+
+def _train_steps(run: _Run, logger: _Logger, loader: BatchLoader, profiler: _Profiler) -> str:
     """Step until the loader ends or a signal arrives; checkpoints and periodic evaluation on the way."""
     cfg = run.method.config.train
-    train_step = make_train_step(run.method.train_step, run.mesh)
+    train_step = make_train_step(run.method.train_step, run.mesh, cfg)
     with _StopFlag() as stop:
-        for step, batch in loader:
-            run.state, metrics = train_step(run.state, shard_batch(batch, run.mesh))
-            logger.settle()
+        for step, batch, waited in device_batches(loader, run.mesh):
+            logger.waited += waited
+            profiler.before(step)
+            try:
+                run.state, metrics = train_step(run.state, batch)
+                logger.settle()
+            except jax.errors.JaxRuntimeError as e:
+                raise (_out_of_memory(e, run) or e) from None
             logger.pending = (step + 1, metrics)
+            profiler.after(step, run.state)
             if (step + 1) % cfg.checkpoint_every == 0:
                 logger.save()
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
@@ -228,14 +321,20 @@ def train(
     *,
     progress: bool = True,
     evaluate_at_end: bool = True,
+    profile: str | Path | None = None,
 ) -> TrainResult:
-    """Train `method` in `workdir`, resuming from its latest readable checkpoint."""
+    """Train `method` in `workdir`, resuming from its latest readable checkpoint.
+
+    `profile`: a folder for a `jax.profiler` trace of `train.profile_steps` steps after two warm-up steps.
+    """
     run = _open_run(method, Path(workdir))
     bar = Progress(run.start, method.config.train.steps, enabled=progress)
     logger = _Logger(run, bar)
     loader = _loader(run)
+    profiler = _Profiler(None if profile is None else Path(profile), run.start, method.config.train.profile_steps)
     try:
-        status = _train_steps(run, logger, loader)
+        status = _train_steps(run, logger, loader, profiler)
+        profiler.stop(run.state)
         logger.save()
         run.checkpoints.wait()
         if status == "interrupted":
@@ -248,6 +347,7 @@ def train(
             run.writer.write(int(to_host(run.state.step)), eval_metrics, split="val")
         return TrainResult(run.state, status, eval_metrics)
     finally:
+        profiler.close()
         loader.close()
         bar.close()
         run.checkpoints.close()
@@ -272,6 +372,7 @@ def evaluate(method: Method, state: TrainState | None = None, mesh=None, split: 
     mesh = mesh or make_mesh()
     if state is None:
         state = init_train_state(method, mesh, method.batch_spec(method.config.data.batch_size))
+    state = state.for_evaluation()
     cfg = method.config
     batch_size = cfg.train.eval_batch_size or cfg.data.batch_size
     check_batch_size(batch_size, mesh)
@@ -304,4 +405,4 @@ def restore_for_eval(method: Method, workdir: str | Path) -> TrainState:
     restored = Checkpointer(directory, asynchronous=False).restore_latest(state, warn=notice)
     if restored is None:
         raise ConfigError(f"no readable checkpoint in '{directory}'; train again with `kfjax train {method.name}`")
-    return restored
+    return restored.for_evaluation()

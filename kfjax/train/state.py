@@ -15,7 +15,11 @@ import jax.numpy as jnp
 import optax
 from flax.core import FrozenDict
 
+from kfjax.train.precision import LOSS_SCALE_KEY, all_finite, next_loss_scale
+
 PyTree = Any
+EMA_KEY = "ema"  # TrainState.extra entry: the parameter EMA `{group: pytree}` (train.ema_decay > 0)
+GRADS_KEY = "_grads"  # TrainState.extra entry written by apply_gradients while collect_grads is on
 
 
 @struct.dataclass
@@ -29,6 +33,8 @@ class TrainState:
     extra: {name: pytree} non-parameter state a method carries (GAN image pools, parameter EMA).
     rng: uint32 key data `(2,)`; the step key is `fold_in(rng, step)`.
     tx: {group: optax transform} (static, not saved in checkpoints).
+    collect_grads: static; True while the engine accumulates micro-batches: `apply_gradients` then stores
+        the gradients in `extra[GRADS_KEY]` instead of applying them (the engine applies their mean once).
     """
 
     step: jax.Array
@@ -38,6 +44,7 @@ class TrainState:
     extra: dict[str, PyTree]
     rng: jax.Array
     tx: FrozenDict = struct.field(pytree_node=False)
+    collect_grads: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
     def create(
@@ -77,15 +84,28 @@ class TrainState:
         """Update the groups named in `grads` with their own transforms; optionally replace entries of the
         batch statistics `{group: stats}` and of the non-parameter state `{name: pytree}`.
 
-        Does not advance `step`: the step factory does that once per step, however many groups moved.
+        Does not advance `step`: the step factory does that once per step, however many groups moved. With a
+        float16 loss scale in `extra`, non-finite gradients leave parameters and optimizer states as they were.
         """
+        state = self.replace(batch_stats={**self.batch_stats, **(batch_stats or {})},
+                             extra={**self.extra, **(extra or {})})
+        if self.collect_grads:
+            return state.replace(extra={**state.extra, GRADS_KEY: dict(grads)})
         params = dict(self.params)
         opt_state = dict(self.opt_state)
         for name, g in grads.items():
             updates, opt_state[name] = self.tx[name].update(g, opt_state[name], params[name])
             params[name] = optax.apply_updates(params[name], updates)
-        return self.replace(params=params, opt_state=opt_state, batch_stats={**self.batch_stats, **(batch_stats or {})},
-                            extra={**self.extra, **(extra or {})})
+        if LOSS_SCALE_KEY in self.extra:
+            finite = all_finite(grads)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+            params, opt_state = keep(params, dict(self.params)), keep(opt_state, dict(self.opt_state))
+            state = state.replace(extra={**state.extra, LOSS_SCALE_KEY: next_loss_scale(self.extra[LOSS_SCALE_KEY], finite)})
+        return state.replace(params=params, opt_state=opt_state)
+
+    def for_evaluation(self) -> "TrainState":
+        """This state with the parameter EMA (when the run keeps one) in place of the parameters."""
+        return self.replace(params=self.extra[EMA_KEY]) if EMA_KEY in self.extra else self
 
     def variables(self, group: str = "model") -> dict[str, PyTree]:
         """Flax variables of one group for `module.apply`: params and, if any, batch stats."""

@@ -17,9 +17,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from kfjax.config import TrainConfig
+from kfjax.errors import ConfigError
 from kfjax.metrics import Mean
+from kfjax.train.accumulate import accumulate
 from kfjax.train.mesh import data_sharding, replicated
-from kfjax.train.state import TrainState
+from kfjax.train.precision import (LOSS_SCALE_KEY, Precision, cast_floats, compute_dtype, init_loss_scale,
+                                   precision_scope)
+from kfjax.train.state import EMA_KEY, TrainState
 
 Batch = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
@@ -39,17 +44,26 @@ def compiler_options(mesh: Mesh) -> dict[str, str] | None:
     return None
 
 
-def make_train_step(step_fn: StepFn, mesh: Mesh) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+def make_train_step(step_fn: StepFn, mesh: Mesh, train: TrainConfig | None = None):
     """jit(step) with the state donated and replicated and the batch sharded over "data".
 
     The key passed to `step_fn` is `fold_in(state.key, state.step)`, so a run's randomness depends only
-    on (seed, step). Metrics come back replicated.
+    on (seed, step). `train` (a `TrainConfig`, default float32 and no accumulation) sets the compute dtype
+    the step traces its networks in, the micro-batches per step and the parameter EMA. Metrics come back
+    replicated and float32.
     """
+    train = check_train_config(train or TrainConfig())
+    dtype = compute_dtype(train.compute_dtype)
+    inner = step_fn if train.accumulate == 1 else accumulate(step_fn, train.accumulate, mesh)
 
     def train_step(state: TrainState, batch: Batch):
         key = jax.random.fold_in(state.key, state.step)
-        new_state, metrics = step_fn(state, batch, key)
-        return new_state.replace(step=state.step + 1), metrics
+        scale = state.extra[LOSS_SCALE_KEY]["scale"] if LOSS_SCALE_KEY in state.extra else None
+        with precision_scope(Precision(dtype, scale)):
+            new_state, metrics = inner(state, batch, key)
+        if train.ema_decay:
+            new_state = update_ema(new_state, train.ema_decay)
+        return new_state.replace(step=state.step + 1), cast_floats(metrics, jnp.float32)
 
     repl = replicated(mesh)
     return jax.jit(
@@ -59,6 +73,34 @@ def make_train_step(step_fn: StepFn, mesh: Mesh) -> Callable[[TrainState, Batch]
         donate_argnums=0,
         compiler_options=compiler_options(mesh),
     )
+
+
+def check_train_config(train: TrainConfig) -> TrainConfig:
+    """`train` if its engine settings (compute dtype, accumulation, EMA decay) are valid, else a ConfigError."""
+    compute_dtype(train.compute_dtype)
+    if train.accumulate < 1:
+        raise ConfigError(f"train.accumulate must be at least 1, got {train.accumulate}")
+    if train.ema_decay and not 0.0 < train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in (0, 1) (or 0: off), got {train.ema_decay}")
+    return train
+
+
+def engine_extra(train: TrainConfig, params: dict) -> dict:
+    """Non-parameter state the engine keeps for `train`: the parameter EMA and the float16 loss scale."""
+    extra = {}
+    if train.ema_decay:
+        extra[EMA_KEY] = jax.tree.map(jnp.copy, params)
+    if compute_dtype(train.compute_dtype) == jnp.float16:
+        extra[LOSS_SCALE_KEY] = init_loss_scale()
+    return extra
+
+
+def update_ema(state: TrainState, decay: float) -> TrainState:
+    """EMA of the parameters with the warm-up min(decay, (1 + t) / (10 + t)) at step t (as TensorFlow's)."""
+    t = state.step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.extra[EMA_KEY], state.params)
+    return state.replace(extra={**state.extra, EMA_KEY: ema})
 
 
 def make_eval_step(eval_fn: Callable[[TrainState, Batch], dict[str, jax.Array]], mesh: Mesh):

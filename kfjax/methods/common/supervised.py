@@ -8,7 +8,8 @@ A subclass names its network and says how a batch feeds it and how its outputs a
         def loss(self, outputs, batch) -> (scalar, {name: scalar})   # the logs must hold no "loss" key
 
 and gets `init_variables`, `train_step` (gradient of the loss, batch statistics updated when the network
-has any) and `apply(variables, batch, train)`. Used by DI2IN and DuDoNet.
+has any) and `apply(variables, batch, train)` (in the step's compute dtype, rematerialised whole when
+`model.remat=full`; the config's `model` section extends `kfjax.config.BaseModelConfig`). Used by DI2IN and DuDoNet.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import flax.linen as nn
 import jax
 
 from kfjax.train.method import Method, Variables
+from kfjax.train.precision import apply_network
 from kfjax.train.state import TrainState
 
 
@@ -45,7 +47,8 @@ class SupervisedMethod(Method, abc.ABC):
 
     def apply(self, variables, batch, train: bool = False, **kwargs):
         """Network outputs for a batch; `kwargs` go to `module.apply` (e.g. `mutable`)."""
-        return self.model.apply(variables, *self.network_inputs(batch), train, **kwargs)
+        remat = self.config.model.remat == "full"
+        return apply_network(self.model, variables, *self.network_inputs(batch), train=train, remat=remat, **kwargs)
 
     def init_variables(self, key: jax.Array, batch) -> Variables:
         variables = self.model.init(key, *self.network_inputs(batch), False)
