@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from kfjax.config import TrainConfig, apply_dict, save_json, to_dict
+from kfjax.config import apply_dict, save_json, to_dict
 from kfjax.data.pipeline import BatchLoader, eval_batches
 from kfjax.errors import ConfigError, KfjaxError
 from kfjax.metrics import Mean, merge_metrics
@@ -96,11 +96,9 @@ def init_train_state(method: Method, mesh, example: dict) -> TrainState:
     """Replicated fresh state built under jit from the seed and the shapes of `example` (arrays or a spec)."""
     spec = spec_of(example)
     key = jax.random.key(method.config.seed)
-    train = getattr(method.config, "train", None) or TrainConfig()
-
     def init(k):
         state = method.init(k, zeros_like_spec(spec))
-        return state.replace(extra={**state.extra, **engine_extra(train, state.params)})
+        return state.replace(extra={**state.extra, **engine_extra(method.config.train, state.params)})
 
     return jax.jit(init, out_shardings=replicated(mesh))(key)
 
