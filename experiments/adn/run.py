@@ -159,7 +159,7 @@ def run_one(variant: str, seed: int, args) -> dict:
     settings = to_dict(method.config)
     if records.exists(folder):
         record = records.load(folder)
-        changed = records.diff_keys(record["settings"], settings)
+        changed = records.changed_settings(record["settings"], method.config)
         if changed:
             raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}); move it away")
         return record

@@ -99,9 +99,9 @@ def overrides(variant: str, seed: int, args) -> list[str]:
     ]
 
 
-def _check_settings(record: dict, settings: dict, folder: Path) -> None:
+def _check_settings(record: dict, config, folder: Path) -> None:
     """A finished record is reused only for the same settings (else its folder name would lie)."""
-    changed = records.diff_keys(record["settings"], settings)
+    changed = records.changed_settings(record["settings"], config)
     if changed:
         raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}); "
                          "move it away or use another --runs folder")
@@ -118,7 +118,7 @@ def run_one(variant: str, seed: int, args) -> dict:
     settings = to_dict(method.config)
     if records.exists(folder):
         record = records.load(folder)
-        _check_settings(record, settings, folder)
+        _check_settings(record, method.config, folder)
         return record
     clock = records.Clock()
     resumed = (folder / "work" / "checkpoints").is_dir() and any((folder / "work" / "checkpoints").iterdir())
