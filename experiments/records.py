@@ -218,15 +218,10 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def changed_settings(saved: Mapping[str, Any], config: Any) -> list[str]:
     """Dotted settings where a record's saved settings differ from `config` (a method's config); a field added
-    to the config after the record was made counts as its default."""
-    from kfjax.config import apply_dict, to_dict
-    from kfjax.errors import ConfigError
+    to the config after the record was made counts as its default (`kfjax.config.changed_keys`)."""
+    from kfjax.config import changed_keys
 
-    try:
-        saved = to_dict(apply_dict(type(config)(), dict(saved)))
-    except ConfigError:  # a setting the config no longer has: compare as saved
-        pass
-    return diff_keys(saved, to_dict(config))
+    return changed_keys(dict(saved), config)
 
 
 def distinct(records: Iterable[Mapping[str, Any]], path: str | Any) -> list[Any]:

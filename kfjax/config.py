@@ -223,6 +223,22 @@ def apply_overrides(config: Any, overrides: Iterable[str]) -> Any:
     return config
 
 
+def changed_keys(saved: dict[str, Any], config: Any) -> list[str]:
+    """Dotted keys where `saved` (a `to_dict` of an earlier config) differs from `config`; a field the saved
+    dict predates counts as its default, a field it has that `config` no longer has counts as changed."""
+    try:
+        saved = to_dict(apply_dict(type(config)(), dict(saved)))
+    except ConfigError:  # a key the config no longer has: compare the dicts as they are
+        pass
+    return _dict_diff(saved, to_dict(config))
+
+
+def _dict_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _dict_diff(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def apply_dict(config: Any, values: dict[str, Any], prefix: str = "") -> Any:
     """Apply a nested dict (from JSON) on top of `config`."""
     for key, value in values.items():

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from kfjax.config import apply_dict, save_json, to_dict
+from kfjax.config import changed_keys, save_json
 from kfjax.data.pipeline import BatchLoader, eval_batches
 from kfjax.errors import ConfigError, KfjaxError
 from kfjax.metrics import Mean, merge_metrics
@@ -68,28 +68,12 @@ def _check_workdir_config(workdir: Path, method: Method) -> None:
         raise ConfigError(
             f"workdir '{workdir}' holds a '{saved.get('method')}' run, not '{method.name}'; use a new --workdir"
         )
-    try:  # a run saved before a field existed holds that field's default
-        old = to_dict(apply_dict(type(method.config)(), saved.get("config", {})))
-    except ConfigError:
-        old = saved.get("config", {})
-    new = to_dict(method.config)
-    old.get("train", {}).pop("steps", None)
-    new["train"].pop("steps", None)
-    if old != new:
-        changed = sorted(_diff_keys(old, new))
+    changed = [k for k in changed_keys(saved.get("config", {}), method.config) if k != "train.steps"]
+    if changed:
         raise ConfigError(
             f"workdir '{workdir}' holds a run with other settings ({', '.join(changed)}); "
             "resume with the same settings (only train.steps may change) or use a new --workdir"
         )
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def init_train_state(method: Method, mesh, example: dict) -> TrainState:
