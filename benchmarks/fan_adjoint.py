@@ -16,6 +16,8 @@ alone would take.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import subprocess
@@ -26,6 +28,7 @@ import types
 import numpy as np
 
 from ct_projector import geometries, phantom
+from readme_section import write_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -268,5 +271,20 @@ def main() -> None:
         presets(versions[f"kfjax@{args.baseline}"], max(3, args.repeats // 2))
 
 
+def write_readme() -> None:
+    """`main()` with its printed report also put in the fan_adjoint section of benchmarks/README.md."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        main()
+    text = buffer.getvalue().rstrip()
+    print(text)
+    command = " ".join(["python benchmarks/fan_adjoint.py", *sys.argv[1:], "--write"])
+    write_section("fan_adjoint", "Fan-beam adjoint", f"{text}\n\n- command: `{command}`")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if "--write" in sys.argv:  # replace the fan_adjoint section of benchmarks/README.md with the report
+        sys.argv.remove("--write")
+        write_readme()
+    else:
+        main()
