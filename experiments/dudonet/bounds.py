@@ -11,8 +11,10 @@ polychromatic, beam-hardening corrected sinogram).
                            monochromatic one for "image", the reference one for "reference"), through
                            DuDoNet's Radon inversion layer (rebinning FBP): a perfect SE-Net without IE-Net
     perfect trace, FBP     the same sinogram through the direct fan-beam FBP
-    whole target, FBP      the target's whole sinogram through the direct FBP: what reconstruction alone
-                           loses at this sampling (the blur ceiling of any sinogram-domain method)
+    whole target, RIL      the target's whole sinogram through the Radon inversion layer
+    whole target, FBP      the same through the direct FBP: what reconstruction alone loses at this sampling
+                           (the blur ceiling of any sinogram-domain method); for the reference target this is
+                           the target itself (PSNR ∞), and the RIL row measures the rebinning's own loss
 
     python experiments/dudonet/bounds.py --write     # compute what is missing, write the README section
 
@@ -34,7 +36,7 @@ import records  # noqa: E402  (experiments/records.py)
 
 GEOMETRIES = {"adn_quarter": 64, "adn_half": 128, "adn": 256}
 TARGETS = {"image": ("gt_image", "gt_sinogram"), "reference": ("ref_image", "ref_sinogram")}
-BOUNDS = ("LI", "perfect trace, RIL", "perfect trace, FBP", "whole target, FBP")
+BOUNDS = ("LI", "perfect trace, RIL", "perfect trace, FBP", "whole target, RIL", "whole target, FBP")
 GROUPS = 5
 
 
@@ -54,7 +56,8 @@ def bound_images(a: dict, geometry, target: str, batch: int = 8) -> dict[str, np
         li, trace, truth = (jnp.asarray(a[k][rows]) for k in ("li_sinogram", "metal_trace", sinogram_key))
         perfect = jnp.where(trace > 0, truth, li)
         for name, image in (("LI", a["li_image"][rows]), ("perfect trace, RIL", ril(perfect)),
-                            ("perfect trace, FBP", direct(perfect)), ("whole target, FBP", direct(truth))):
+                            ("perfect trace, FBP", direct(perfect)), ("whole target, RIL", ril(truth)),
+                            ("whole target, FBP", direct(truth))):
             out[name].append(np.asarray(image))
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -96,7 +99,7 @@ def table(found: list[dict]) -> str:
             for name in BOUNDS:
                 m = record["metrics"]
                 keys = [f"{target}|{name}|g{g}" for g in range(GROUPS)] + [f"{target}|{name}|all"]
-                cells = [f"{m[k]:.2f}" for k in keys]
+                cells = ["∞" if m[k] is None else f"{m[k]:.2f}" for k in keys]  # None: saved inf
                 lines.append(f"| {size}² | {target} | {name} | " + " | ".join(cells) + " |")
     n = records.describe(found, "data.n_test")
     lines += ["", f"Test pairs per size: {n} (test slices x 10 masks; g0 = largest metal ... g4 = smallest). "

@@ -49,7 +49,7 @@ from kfjax.methods.common.mar import MARInferConfig, by_size_group, correct_volu
 from kfjax.methods.common.supervised import SupervisedMethod
 from kfjax.methods.registry import register
 from kfjax.nn.blocks import PADDINGS
-from kfjax.nn.dudonet import LI_SOURCES, MODES, DuDoNet
+from kfjax.nn.dudonet import LI_SOURCES, MODES, RIL_METHODS, DuDoNet
 from kfjax.physics.geometry import preset
 from kfjax.physics.metal import MetalConfig, make_metal_simulator, scale_geometry
 from kfjax.train.method import Inference, zeros_like_spec
@@ -86,6 +86,7 @@ class ModelConfig(BaseModelConfig):
     filter: str = "ram-lak"  # ramp filter of the Radon inversion layer
     li_source: str = "input"  # X_LI: input (the data's fan-beam FBP of Y_LI) | ril (RIL(Y_LI), the paper's)
     se_padding: str = "zeros"  # SE-Net convolutions: zeros | circular_rows (wrap around the 0°/360° seam)
+    ril_method: str = "rebin"  # the Radon inversion layer: rebin (fan -> parallel FBP, the paper's) | direct
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +134,7 @@ class DuDoNetMethod(SupervisedMethod):
             raise ConfigError(f"model.mode must be one of {', '.join(MODES)}, got {config.model.mode!r}")
         choices = {"model.li_source": (config.model.li_source, LI_SOURCES),
                    "model.se_padding": (config.model.se_padding, PADDINGS),
+                   "model.ril_method": (config.model.ril_method, RIL_METHODS),
                    "data.source": (config.data.source, ("ct", "phantom")),
                    "data.target": (config.data.target, tuple(TARGETS)),
                    "data.slice_split": (config.data.slice_split, LAYOUTS),
@@ -209,7 +211,8 @@ class DuDoNetMethod(SupervisedMethod):
         m = self.config.model
         return DuDoNet(self.geometry(), 1.0 / MU_WATER_70KEV, SINO_SCALE, mode=m.mode, se_channels=tuple(m.se_channels),
                        ie_channels=tuple(m.ie_channels), norm=m.norm, filter=m.filter,
-                       remat=m.remat == "blocks", li_source=m.li_source, se_padding=m.se_padding)
+                       remat=m.remat == "blocks", li_source=m.li_source, se_padding=m.se_padding,
+                       ril_method=m.ril_method)
 
     def network_inputs(self, batch) -> tuple:
         return batch["li_sinogram"], batch["metal_trace"], batch["li_image"]

@@ -82,6 +82,15 @@ def test_li_image_from_the_radon_inversion_layer(data):
     assert not np.allclose(np.asarray(out["x_out"]), data["train"]["li_image"], atol=1e-3)  # not the data's FBP
 
 
+def test_direct_radon_inversion_layer_is_the_data_s_reconstruction(data):
+    """ril_method=direct: RIL(Y_LI) is the weighted fan-beam FBP the data's LI image was made with."""
+    method = _method("model.li_source=ril", "model.ril_method=direct")
+    batch = {k: jnp.asarray(v) for k, v in data["train"].items()}
+    out = jax.jit(method.predict)(method.init(jax.random.key(0), batch), batch)
+    scale = float(np.max(np.abs(data["train"]["li_image"])))
+    np.testing.assert_allclose(np.asarray(out["x_out"]), data["train"]["li_image"], atol=1e-5 * scale)
+
+
 def test_circular_padding_commutes_with_rotating_the_scan():
     """SE-Net with circular_rows is equivariant to a cyclic shift of the views by a multiple of its pooling
     factor (a rotation of the scan); with zero padding the seam breaks it."""
@@ -137,7 +146,7 @@ def test_interleaved_split_spans_the_scan_without_touching():
     assert np.all(np.diff(used)[neighbours] >= 2)  # at least one unused slice between different splits
 
 
-@pytest.mark.parametrize("key,value", [("model.li_source", "fbp"), ("model.se_padding", "wrap"),
+@pytest.mark.parametrize("key,value", [("model.li_source", "fbp"), ("model.se_padding", "wrap"), ("model.ril_method", "fan"),
                                        ("data.target", "poly"), ("data.slice_split", "random"),
                                        ("loss.sinogram_mean", "bins"), ("optim.clip_scope", "layer")])
 def test_bad_settings_are_config_errors(key, value):
