@@ -267,8 +267,16 @@ def training_summary(runs: list[dict]) -> str:
     return (f"{d('settings.train.steps')} steps of batch {d('settings.data.batch_size')}, Adam lr "
             f"{d('settings.optim.lr', lambda v: f'{v:g}')} ({d('settings.optim.schedule')} schedule, b1 "
             f"{d('settings.optim.b1')}, b2 {d('settings.optim.b2')}, gradient clip {d('settings.optim.grad_clip')}), "
-            f"{d('settings.data.masks_per_slice')} training masks per training slice "
-            f"({d('data.n_train')} training pairs)")
+            + records.describe(runs, _training_data))
+
+
+def _training_data(record: dict) -> str:
+    """What a run trained on: fixed cached pairs or fresh masks every step (records before the option: fixed)."""
+    if records.get(record, "settings.data.masks", "fixed") == "fresh":
+        return (f"a new metal mask, position and noise every step on {record['data']['n_train']} training "
+                "slices")
+    return (f"{record['settings']['data']['masks_per_slice']} training masks per training slice "
+            f"({record['data']['n_train']} training pairs)")
 
 
 def table(runs: list[dict], baselines: list[dict], score: str = "image") -> str:

@@ -271,7 +271,8 @@ class DuDoNetMethod(SupervisedMethod):
             for target, key in (("", "gt_image"), ("ref_", "ref_image")):
                 scores = unit_scores(unit_range(image), unit_range(batch[key]), metal)
                 values.update({f"{prefix}{target}{k}": v for k, v in scores.items()})
-        grouped = {k: values[k] for k in ("psnr", "ssim", "ref_psnr", "ref_ssim")}
+        grouped = {k: values[k] for k in ("psnr", "ssim", "ref_psnr", "ref_ssim", "li_psnr", "li_ref_psnr", "ma_psnr",
+                                          "ma_ref_psnr")}
         return values | by_size_group(grouped, batch["size_group"])
 
     # ---------------------------------------------------------------- a user's volume
