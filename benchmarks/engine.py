@@ -19,16 +19,14 @@ import datetime
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from readme_section import write_section
 
 from kfjax.bench import bench_method
 from kfjax.bench.env import environment
-from kfjax.bench.method import synthetic_batch
+from kfjax.bench.method import backward_bytes, synthetic_batch
 from kfjax.methods import registry
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh
-from kfjax.train.precision import Precision, precision_scope
 
 WORKLOADS = {
     "dudonet": ("dudonet", []),
@@ -47,15 +45,8 @@ def saved_bytes(name: str, overrides: list[str], batch: int) -> int:
     method = registry.build(name, None, [*overrides, f"data.batch_size={batch}"])
     spec = method.batch_spec(batch)
     state = init_train_state(method, make_mesh(jax.devices()[:1]), spec)
-    data = synthetic_batch(spec)
     dtype = jnp.bfloat16 if method.config.train.compute_dtype == "bfloat16" else jnp.float32
-
-    def residuals(params):
-        with precision_scope(Precision(dtype)):
-            _, backward = jax.vjp(lambda p: method._objective(p, state, data)[0], params)
-        return jax.tree.leaves(backward)
-
-    return sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.eval_shape(residuals, state.params["model"]))
+    return backward_bytes(method, state, synthetic_batch(spec), dtype)
 
 
 def settings_table(batch: int, steps: int) -> list[str]:

@@ -32,6 +32,7 @@ class OptimConfig:
     decay_every: int = 0  # step schedule: multiply lr by decay_factor every this many steps
     decay_factor: float = 0.5  # step schedule factor
     grad_clip: float = 0.0  # clip the global gradient norm to this value (0: off)
+    clip_scope: str = "group"  # group: one norm over the group's gradient | module: one per top-level submodule
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ def test_demo(tmp_path, capsys, monkeypatch):
         "| linear interpolation (LI) |",
         "| image-only U-Net (4 steps) |",
         "| DuDoNet (4 steps) |",
-        "DuDoNet PSNR by metal size",
+        "| PSNR g0 | PSNR g1 | PSNR g2 | PSNR g3 | PSNR g4 |",
     ):
         assert row in out, out
     assert (tmp_path / "run" / "demo.png").stat().st_size > 10_000

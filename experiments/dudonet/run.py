@@ -53,6 +53,10 @@ PAPER = {  # literature values, not ours: DuDoNet CVPR'19 Table (DeepLesion, 416
     "dual": (33.51, 0.9379),
 }
 TEST_DATA_KEYS = ("source", "geometry", "material", "eval_slice_step", "pixel_size")
+SCORE_PREFIX = {"image": "", "reference": "ref_"}  # metric name prefix of each scoring target
+SCORE_TARGETS = {"image": "the metal-free μ at 70 keV",
+                 "reference": "the CNN-MAR reference reconstruction (FBP of the metal-free polychromatic, "
+                              "beam-hardening corrected sinogram)"}
 
 
 # ---------------------------------------------------------------- where runs live
@@ -162,6 +166,9 @@ def baseline_records(args, compute: bool = True) -> list[dict]:
             record = records.load(folder / name)
             if record["settings"]["data"] != wanted:
                 raise SystemExit(f"{folder / name} was computed on another test set; move it away")
+            if "ref_psnr" not in record["metrics"]:  # made before the reference target was scored
+                missing.append(name)
+                continue
             found[name] = record
         else:
             missing.append(name)
@@ -199,8 +206,9 @@ def compute_baselines(method, names: list[str], folder: Path, data_settings: dic
         return fbp(sinogram, geometry, filter=NMAR["filter"]) / MU_WATER_70KEV
 
     @jax.jit
-    def scores(image, gt, metal, group):
+    def scores(image, gt, ref, metal, group):  # against the metal-free μ and (ref_) the reference reconstruction
         values = unit_scores(unit_range(image), unit_range(gt), metal)
+        values |= {f"ref_{k}": v for k, v in unit_scores(unit_range(image), unit_range(ref), metal).items()}
         return values | by_size_group(values, group)
 
     images = {"uncorrected": lambda b: b["ma_image"], "LI": lambda b: b["li_image"],
@@ -215,7 +223,8 @@ def compute_baselines(method, names: list[str], folder: Path, data_settings: dic
         values: dict[str, list] = {}
         for i in range(0, n, chunk):
             b = {k: jnp.asarray(v[i:i + chunk]) for k, v in test.items()}
-            for k, v in scores(images[name](b), b["gt_image"], b["metal_mask"], b["size_group"]).items():
+            for k, v in scores(images[name](b), b["gt_image"], b["ref_image"], b["metal_mask"],
+                               b["size_group"]).items():
                 values.setdefault(k, []).append(np.asarray(v))
         metrics = {k: float(np.nanmean(np.concatenate(v))) for k, v in values.items()}
         settings = {"data": data_settings, "split": "test", "correction": correction[name],
@@ -229,8 +238,8 @@ def compute_baselines(method, names: list[str], folder: Path, data_settings: dic
 
 
 # ---------------------------------------------------------------- tables (from records only)
-def _row(label: str, recs: list[dict], paper, groups: int, trained: bool) -> str:
-    metric = lambda key: [records.get(r, f"metrics.{key}") for r in recs]  # noqa: E731
+def _row(label: str, recs: list[dict], paper, groups: int, trained: bool, prefix: str = "") -> str:
+    metric = lambda key: [records.get(r, f"metrics.{prefix}{key}") for r in recs]  # noqa: E731
     paper_cell = "" if not paper else f"{paper[0]}" + (f" / {paper[1]}" if paper[1] else "")
     minutes = records.cell([records.get(r, "timings.train_s") / 60 for r in recs], 1) if trained else ""
     return (f"| {label} | {len(recs) if trained else ''} | {records.describe(recs, 'data.n_test')} | "
@@ -238,7 +247,7 @@ def _row(label: str, recs: list[dict], paper, groups: int, trained: bool) -> str
             + f" | {records.cell(metric('psnr'), 2)} | {records.cell(metric('ssim'), 4)} | {paper_cell} | {minutes} |")
 
 
-def comparison_lines(runs: list[dict], pairs=COMPARISONS) -> list[str]:
+def comparison_lines(runs: list[dict], pairs=COMPARISONS, prefix: str = "") -> list[str]:
     """One line per (a, b): the per-seed differences a - b of PSNR and SSIM, paired over seeds."""
     lines = []
     for a, b in pairs:
@@ -246,10 +255,8 @@ def comparison_lines(runs: list[dict], pairs=COMPARISONS) -> list[str]:
         rb = {r["seed"]: r for r in runs if r["variant"] == b}
         if not ra or not rb:
             continue
-        psnr = records.paired({s: r["metrics"]["psnr"] for s, r in ra.items()},
-                              {s: r["metrics"]["psnr"] for s, r in rb.items()})
-        ssim = records.paired({s: r["metrics"]["ssim"] for s, r in ra.items()},
-                              {s: r["metrics"]["ssim"] for s, r in rb.items()})
+        psnr, ssim = (records.paired({s: r["metrics"][prefix + k] for s, r in ra.items()},
+                                     {s: r["metrics"][prefix + k] for s, r in rb.items()}) for k in ("psnr", "ssim"))
         lines.append(f"- {VARIANTS[a][1]} − {VARIANTS[b][1]}: PSNR {records.paired_cell(psnr, 2, 'dB')}, "
                      f"SSIM {records.paired_cell(ssim, 4)}; seeds {list(psnr.seeds)}")
     return lines
@@ -260,12 +267,22 @@ def training_summary(runs: list[dict]) -> str:
     return (f"{d('settings.train.steps')} steps of batch {d('settings.data.batch_size')}, Adam lr "
             f"{d('settings.optim.lr', lambda v: f'{v:g}')} ({d('settings.optim.schedule')} schedule, b1 "
             f"{d('settings.optim.b1')}, b2 {d('settings.optim.b2')}, gradient clip {d('settings.optim.grad_clip')}), "
-            f"{d('settings.data.masks_per_slice')} training masks per training slice "
-            f"({d('data.n_train')} training pairs)")
+            + records.describe(runs, _training_data))
 
 
-def table(runs: list[dict], baselines: list[dict]) -> str:
-    """The README table, its paired comparisons and its footer, from run records only."""
+def _training_data(record: dict) -> str:
+    """What a run trained on: fixed cached pairs or fresh masks every step (records before the option: fixed)."""
+    if records.get(record, "settings.data.masks", "fixed") == "fresh":
+        return (f"a new metal mask, position and noise every step on {record['data']['n_train']} training "
+                "slices")
+    return (f"{record['settings']['data']['masks_per_slice']} training masks per training slice "
+            f"({record['data']['n_train']} training pairs)")
+
+
+def table(runs: list[dict], baselines: list[dict], score: str = "image") -> str:
+    """The README table, its paired comparisons and its footer, from run records only; scores against the
+    metal-free μ (`score="image"`) or the CNN-MAR reference reconstruction ("reference")."""
+    prefix = SCORE_PREFIX[score]
     from kfjax.methods.common.mar import N_SIZE_GROUPS as groups
 
     every = baselines + runs
@@ -273,20 +290,20 @@ def table(runs: list[dict], baselines: list[dict]) -> str:
             + " | PSNR | SSIM | paper PSNR / SSIM | train min per run |")
     lines = [head, "|" + "---|" * (groups + 7)]
     for r in baselines:
-        lines.append(_row(BASELINES[r["variant"]], [r], PAPER.get(r["variant"]), groups, trained=False))
+        lines.append(_row(BASELINES[r["variant"]], [r], PAPER.get(r["variant"]), groups, False, prefix))
     for variant, (_, label) in VARIANTS.items():
         recs = sorted((r for r in runs if r["variant"] == variant), key=lambda r: r["seed"])
         if recs:
-            lines.append(_row(label, recs, PAPER.get(variant), groups, trained=True))
-    compare = comparison_lines(runs)
+            lines.append(_row(label, recs, PAPER.get(variant), groups, True, prefix))
+    compare = comparison_lines(runs, COMPARISONS, prefix)
     if compare:
         lines += ["", "Paired over seeds (per-seed difference, mean ± sample std; two-sided paired t-test, "
                   "scipy.stats.ttest_rel):", "", *compare]
     test = records.describe(every, lambda r: test_data(r["settings"]),
                             lambda v: ", ".join(f"{k} {v[k]}" for k in v))
     nmar = [r for r in baselines if r["variant"] == "NMAR"]
-    foot = [f"Test set: {test}; the networks are scored by DuDoNet's eval_step, the baselines by the same "
-            "kfjax.methods.common.mar scores."]
+    foot = [f"Scored against {SCORE_TARGETS[score]}. Test set: {test}; the networks are scored by DuDoNet's "
+            "eval_step, the baselines by the same kfjax.methods.common.mar scores."]
     if runs:
         resumed = sum(bool(r.get("resumed")) for r in runs)
         foot.append(f"Networks: seeds {sorted({r['seed'] for r in runs})}; {training_summary(runs)}. "
@@ -364,6 +381,9 @@ def parse_args(argv=None):
     parser.add_argument("--write", action="store_true", help="replace the table (or the sweep) in the README")
     parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     parser.add_argument("--sweep", action="store_true", help="tabulate image vs dual over every finished length")
+    parser.add_argument("--score", default="image", choices=list(SCORE_PREFIX),
+                        help="what the table scores against: the metal-free μ or the reference reconstruction")
+    parser.add_argument("--section", default="table", help="README section that --write replaces")
     return parser.parse_args(argv)
 
 
@@ -384,10 +404,10 @@ def main(argv=None) -> None:
                 if r["variant"] in args.variants and r["seed"] in args.seeds]
     else:
         runs = [run_one(v, s, args) for s in args.seeds for v in args.variants]
-    text = table(runs, baselines)
+    text = table(runs, baselines, args.score)
     print(text)
     if args.write:
-        records.write_section(args.readme, "table", text)
+        records.write_section(args.readme, args.section, text)
 
 
 if __name__ == "__main__":

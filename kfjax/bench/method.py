@@ -7,6 +7,7 @@ every device); the batch comes from `method.batch_spec`, so no data set is built
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from kfjax.bench.env import peak_flops
@@ -15,6 +16,7 @@ from kfjax.errors import ConfigError
 from kfjax.methods import registry
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import check_batch_size, make_mesh, process_slice, shard_batch
+from kfjax.train.precision import Precision, precision_scope
 from kfjax.train.step import make_train_step
 from kfjax.train.writers import Progress
 
@@ -36,6 +38,19 @@ def synthetic_batch(spec: dict, seed: int = SEED) -> dict[str, np.ndarray]:
         else:
             batch[name] = np.zeros(s.shape, s.dtype)
     return batch
+
+
+def backward_bytes(method, state, batch: dict, dtype=jnp.float32) -> int:
+    """Bytes a supervised method's loss keeps for its backward pass: the residuals of `jax.vjp` of its
+    objective over the "model" parameters with networks in compute dtype `dtype` (shapes only, nothing runs).
+    What rematerialisation and a narrower dtype shrink before XLA schedules anything."""
+
+    def residuals(params):
+        with precision_scope(Precision(dtype)):
+            _, backward = jax.vjp(lambda p: method._objective(p, state, batch)[0], params)
+        return jax.tree.leaves(backward)
+
+    return sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.eval_shape(residuals, state.params["model"]))
 
 
 def item_name(spec: dict) -> str:

@@ -97,6 +97,21 @@ def split_positions(n: int, fractions, gap: int) -> dict[str, np.ndarray]:
     return {s: np.arange(a, a + c) for s, a, c in zip(("train", "val", "test"), starts, counts)}
 
 
+LAYOUTS = ("blocks", "interleaved")
+
+
+def interleaved_positions(n: int, fractions, gap: int = 1, period: int = 24) -> dict[str, np.ndarray]:
+    """Train/val/test positions that repeat every ``period`` positions: a train block, ``gap`` unused, a val
+    block, ``gap`` unused, a test block, ``gap`` unused; so every split spans the whole scan (no anatomy shift
+    between them) and no two splits touch. With the defaults, 15/3/3 of every 24 slices of 2.5 mm."""
+    one = split_positions(period - gap, fractions, gap)
+    out = {}
+    for split, positions in one.items():
+        repeated = np.concatenate([positions + start for start in range(0, n, period)])
+        out[split] = repeated[repeated < n]
+    return out
+
+
 def build_ct_slices(size, inpaint, gap, fractions, saturation_hu, dilate_mm):
     """Arrays and meta of ``ct-slices`` (see :func:`ct_slices`)."""
     from skimage.transform import resize
@@ -187,7 +202,7 @@ register(DerivedSet(
 
 
 def ct_slices(size: int = 256, inpaint: bool = True, gap: int = 4, fractions=(0.7, 0.15, 0.15),
-              saturation_hu: float = 3000.0, dilate_mm: float = 2.0) -> dict[str, Any]:
+              saturation_hu: float = 3000.0, dilate_mm: float = 2.0, layout: str = "blocks") -> dict[str, Any]:
     """All 133 axial slices of chest-ct on a ``size`` x ``size`` grid over the full 360 mm FOV (cached).
 
     HU below -1000 (and the -2048 outside the scan circle) become -1000. ``invalid`` marks the contrast
@@ -202,15 +217,21 @@ def ct_slices(size: int = 256, inpaint: bool = True, gap: int = 4, fractions=(0.
         (:func:`kfjax.units.hu_to_mu` with :data:`kfjax.units.MU_WATER_70KEV`); body, invalid
         (N, size, size, 1) bool; affine (4, 4) index (d, r, c) -> RAS mm; pixel_mm (float,
         :data:`kfjax.units.FOV_MM` / size mm); slice_mm (2.5); splits: train/val/test -> slice indices,
-        contiguous blocks inferior -> superior in that order with ``gap`` slices unused between blocks;
-        meta (dict). Orientation: see :data:`kfjax.io.orientation.ORIENTATION`.
+        contiguous blocks inferior -> superior in that order with ``gap`` slices unused between blocks
+        (``layout="blocks"``), or blocks repeating along the scan (``layout="interleaved"``, see
+        :func:`interleaved_positions`; ``gap`` does not apply); meta (dict). Orientation: see :data:`kfjax.io.orientation.ORIENTATION`.
     """
     arrays, meta = build("ct-slices", size=size, inpaint=inpaint, gap=gap, fractions=list(fractions),
                          saturation_hu=saturation_hu, dilate_mm=dilate_mm)
+    if layout not in LAYOUTS:
+        raise InputError(f"slice split layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    splits = {s: arrays[f"split_{s}"] for s in ("train", "val", "test")}
+    if layout == "interleaved":
+        splits = interleaved_positions(len(arrays["hu"]), fractions)
     hu = arrays["hu"][..., None]
     return {"hu": hu, "mu": hu_to_mu(hu, MU_WATER_70KEV).astype(np.float32), "body": arrays["body"][..., None],
             "invalid": arrays["invalid"][..., None], "affine": arrays["affine"], "pixel_mm": meta["pixel_mm"][0],
-            "slice_mm": meta["slice_mm"], "splits": {s: arrays[f"split_{s}"] for s in ("train", "val", "test")},
+            "slice_mm": meta["slice_mm"], "splits": splits,
             "meta": meta}
 
 

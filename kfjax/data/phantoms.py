@@ -201,6 +201,8 @@ METAL_KINDS = ("disk", "ellipse", "rods")
 METAL_TEST_GROUPS = np.repeat(np.arange(5), 2)
 _METAL_SEED = 20190616  # fixed: the CNN-MAR-style mask set is the same everywhere
 _TEST_AREAS = np.geomspace(2000.0, 12.0, 10)  # target areas in pixels at 416 x 416, largest first
+#: area range (pixels at 416 x 416) of :func:`fresh_metal`: the test masks' range, the top widened by a quarter
+FRESH_METAL_AREAS = (12.0, 2500.0)
 
 
 #: centre draws :func:`random_metal` tries before it falls back to a random body pixel
@@ -296,6 +298,13 @@ def metal_masks(size: int = 416, split: str = "test") -> np.ndarray:
     if split == "train":
         return np.stack([random_metal(np.random.default_rng((_METAL_SEED, 0, i)), size) for i in range(90)])
     raise ValueError(f"metal mask split must be 'train' or 'test', got {split!r}")
+
+
+def fresh_metal(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A training mask drawn afresh (any kind), area log-uniform over :data:`FRESH_METAL_AREAS` at 416²
+    (scaled to ``size``), so training sees every test size, the largest included. Bool ``(size, size)``."""
+    low, high = np.log(FRESH_METAL_AREAS)
+    return random_metal(rng, size, area=float(np.exp(rng.uniform(low, high))))
 
 
 # ---------------------------------------------------------------- brain slices

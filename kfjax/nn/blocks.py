@@ -25,6 +25,24 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+PADDINGS = ("zeros", "circular_rows")
+
+
+def conv_padding(x: jax.Array, kernel_size: int, padding: str) -> tuple[jax.Array, str | list[tuple[int, int]]]:
+    """`(x, padding argument of nn.Conv)` for a stride-1 'same' convolution of odd `kernel_size`.
+
+    "zeros": zero padding on every spatial axis. "circular_rows": axis 1 wraps around (the view axis of a
+    sinogram: a 360° scan is periodic, so view V-1 neighbours view 0), the other spatial axes are zero-padded.
+    """
+    if padding == "zeros":
+        return x, "SAME"
+    if padding != "circular_rows":
+        raise ValueError(f"unknown padding {padding!r}; choose one of {PADDINGS}")
+    half = kernel_size // 2
+    x = jnp.pad(x, [(0, 0), (half, half)] + [(0, 0)] * (x.ndim - 2), mode="wrap")
+    return x, [(0, 0)] + [(half, half)] * (x.ndim - 3)
+
+
 def run_block(module: nn.Module, body: Callable, remat: bool, *args):
     """`body(module, *args)`, rematerialised when `remat`: its activations are recomputed in the backward
     pass instead of kept. Submodules made inside `body` keep the names (and parameters) they have without it."""
@@ -68,15 +86,19 @@ class ConvNormAct(nn.Module):
     strides: int = 1
     norm: str = "group"
     act: str = "relu"
+    padding: str = "zeros"  # zeros | circular_rows (see `conv_padding`; stride 1 only)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         dims = x.ndim - 2
+        if self.padding != "zeros" and self.strides != 1:
+            raise ValueError(f"padding {self.padding!r} needs stride 1, got {self.strides}")
+        x, pads = conv_padding(x, self.kernel_size, self.padding)
         x = nn.Conv(
             self.features,
             (self.kernel_size,) * dims,
             strides=(self.strides,) * dims,
-            padding="SAME",
+            padding=pads,
             use_bias=self.norm in ("none", "layer"),
         )(x)
         x = Norm(self.norm)(x, train)
@@ -90,12 +112,13 @@ class DoubleConv(nn.Module):
     norm: str = "group"
     act: str = "relu"
     remat: bool = False  # recompute the block's activations in the backward pass
+    padding: str = "zeros"  # zeros | circular_rows (`conv_padding`)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def body(module, x):
-            x = ConvNormAct(self.features, norm=self.norm, act=self.act)(x, train)
-            return ConvNormAct(self.features, norm=self.norm, act=self.act)(x, train)
+            x = ConvNormAct(self.features, norm=self.norm, act=self.act, padding=self.padding)(x, train)
+            return ConvNormAct(self.features, norm=self.norm, act=self.act, padding=self.padding)(x, train)
 
         return run_block(self, body, self.remat, x)
 
@@ -132,12 +155,14 @@ class Upsample(nn.Module):
 
     features: int
     mode: str = "nearest"
+    padding: str = "zeros"  # zeros | circular_rows (`conv_padding`)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dims = x.ndim - 2
         if self.mode == "pixelshuffle":
-            x = nn.Conv(self.features * 2**dims, (3,) * dims, padding="SAME")(x)
+            x, pads = conv_padding(x, 3, self.padding)
+            x = nn.Conv(self.features * 2**dims, (3,) * dims, padding=pads)(x)
             return pixel_shuffle(x, 2)
         if self.mode == "nearest":
             x = upsample_nearest(x, 2)
@@ -146,7 +171,8 @@ class Upsample(nn.Module):
             x = jax.image.resize(x, shape, method="linear")
         else:
             raise ValueError(f"unknown upsample mode {self.mode!r}; choose nearest, linear or pixelshuffle")
-        return nn.Conv(self.features, (3,) * dims, padding="SAME")(x)
+        x, pads = conv_padding(x, 3, self.padding)
+        return nn.Conv(self.features, (3,) * dims, padding=pads)(x)
 
 
 def max_pool(x: jax.Array, factor: int = 2) -> jax.Array:

@@ -4,6 +4,12 @@
     X̂     = RIL(Y_out)                                    fan->parallel rebinning, ramp filter, backprojection
     X_out = X_LI + IE(X̂, X_LI)                            IE-Net: residual U-Net on both images
 
+X_LI is the LI image the caller gives (`li_source="input"`, kfjax's data: the direct fan-beam FBP of Y_LI) or,
+as in the paper, RIL(Y_LI) computed here (`li_source="ril"`), so that X_LI and X̂ come from one operator and
+differ only where SE-Net changed the sinogram. `se_padding="circular_rows"` makes SE-Net's convolutions wrap
+around the view axis (the 0°/360° seam of the scan); "zeros" pads them with zeros. `ril_method="direct"`
+makes the RIL the weighted fan-beam FBP (the data's own reconstruction) instead of the paper's rebinning.
+
 The paper writes Y_out = M_t ⊙ SE + (1 - M_t) ⊙ Y_LI; kfjax lets SE-Net predict the correction of the LI
 values instead, and both networks' output convolutions start at zero, so an untrained network returns the
 LI sinogram and image rather than noise: the same function class, a better starting point.
@@ -26,6 +32,8 @@ from kfjax.nn.unet import UNet
 from kfjax.physics.fbp import fbp
 
 MODES = ("dual", "image", "sinogram")
+LI_SOURCES = ("input", "ril")
+RIL_METHODS = ("rebin", "direct")
 
 
 class DuDoNet(nn.Module):
@@ -41,22 +49,30 @@ class DuDoNet(nn.Module):
     upsample: str = "nearest"
     filter: str = "ram-lak"
     remat: bool = False  # recompute the U-Nets' blocks in the backward pass (model.remat=blocks)
+    li_source: str = "input"  # X_LI: "input" (the li_image argument) | "ril" (RIL(Y_LI), the paper's)
+    se_padding: str = "zeros"  # SE-Net convolution padding: zeros | circular_rows (views wrap)
+    ril_method: str = "rebin"  # the RIL's FBP: rebin (fan -> parallel, the paper's) | direct (weighted fan FBP)
 
     def radon_inversion(self, sinogram: jax.Array) -> jax.Array:
         """Normalised sinogram -> normalised image through the differentiable FBP, computed in float32 whatever
         the network's compute dtype (the result is cast back to the sinogram's dtype)."""
-        image = fbp(sinogram.astype(jnp.float32) / self.sino_scale, self.geometry, self.filter, fan_method="rebin")
+        image = fbp(sinogram.astype(jnp.float32) / self.sino_scale, self.geometry, self.filter,
+                    fan_method=self.ril_method)
         return (image * self.image_scale).astype(sinogram.dtype)
 
     @nn.compact
     def __call__(self, li_sinogram: jax.Array, trace: jax.Array, li_image: jax.Array, train: bool = False):
         if self.mode not in MODES:
             raise ValueError(f"DuDoNet mode must be one of {MODES}, got {self.mode!r}")
+        if self.li_source not in LI_SOURCES:
+            raise ValueError(f"DuDoNet li_source must be one of {LI_SOURCES}, got {self.li_source!r}")
+        if self.li_source == "ril":
+            li_image = self.radon_inversion(li_sinogram)
         out = {}
         if self.mode in ("dual", "sinogram"):
             se = MaskPyramidUNet(
                 1, tuple(self.se_channels), norm=self.norm, upsample=self.upsample, zero_output=True,
-                remat=self.remat, name="se_net"
+                remat=self.remat, padding=self.se_padding, name="se_net"
             )
             enhanced = se(jnp.concatenate([li_sinogram, trace], axis=-1), trace, train)
             out["y_out"] = li_sinogram + trace * enhanced

@@ -5,6 +5,8 @@
 thin traces survive), passed through a 3x3 conv + ReLU and concatenated to the features before the level's
 two conv blocks (Lin et al., CVPR 2019). Sinograms of any size work: views are padded circularly (a 360°
 scan is periodic) and detector bins by edge replication to a multiple of 2**(levels-1), then cropped back.
+With `padding="circular_rows"` every 3x3 convolution also wraps around the view axis (exactly periodic when
+the number of views is a multiple of 2**(levels-1)); "zeros" pads each convolution with zeros.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kfjax.nn.blocks import DoubleConv, Upsample, max_pool
+from kfjax.nn.blocks import DoubleConv, Upsample, conv_padding, max_pool
 
 
 def pad_sinogram(x: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -46,6 +48,7 @@ class MaskPyramidUNet(nn.Module):
     upsample: str = "nearest"
     zero_output: bool = False  # zero-initialise the output conv (a residual branch that starts as identity)
     remat: bool = False  # recompute each level's DoubleConv in the backward pass (model.remat=blocks)
+    padding: str = "zeros"  # convolution padding: zeros | circular_rows (the view axis wraps)
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
@@ -54,14 +57,17 @@ class MaskPyramidUNet(nn.Module):
         mask, _ = pad_sinogram(mask, multiple)
         skips = []
         for i, features in enumerate(self.channels):
-            m = nn.relu(nn.Conv(self.mask_features, (3, 3), padding="SAME", name=f"mask_conv_{i}")(mask))
-            x = DoubleConv(features, self.norm, self.act, self.remat)(jnp.concatenate([x, m], axis=-1), train)
+            padded, pads_m = conv_padding(mask, 3, self.padding)
+            m = nn.relu(nn.Conv(self.mask_features, (3, 3), padding=pads_m, name=f"mask_conv_{i}")(padded))
+            x = DoubleConv(features, self.norm, self.act, self.remat, self.padding)(
+                jnp.concatenate([x, m], axis=-1), train)
             if i < len(self.channels) - 1:
                 skips.append(x)
                 x, mask = max_pool(x), max_pool(mask)
         for features, skip in zip(reversed(self.channels[:-1]), reversed(skips)):
-            x = Upsample(features, self.upsample)(x)
-            x = DoubleConv(features, self.norm, self.act, self.remat)(jnp.concatenate([x, skip], axis=-1), train)
+            x = Upsample(features, self.upsample, self.padding)(x)
+            x = DoubleConv(features, self.norm, self.act, self.remat, self.padding)(
+                jnp.concatenate([x, skip], axis=-1), train)
         init = nn.initializers.zeros if self.zero_output else nn.initializers.lecun_normal()
         x = nn.Conv(self.out_channels, (1, 1), kernel_init=init)(x)
         return crop_sinogram(x, pads)

@@ -361,7 +361,6 @@ def make_metal_simulator(geometry, config: MetalConfig = MetalConfig()):
 
     def core(hu, metal, key):
         forward, _ = make_projector(geometry)
-        b = hu.shape[0]
         water, bone = decompose(hu_to_mu(hu, config.mu_water), config)
         metal = jnp.clip(metal, 0.0, 1.0)
         p_water, p_bone, ma_water, ma_bone, p_metal = _project_materials(
@@ -369,13 +368,15 @@ def make_metal_simulator(geometry, config: MetalConfig = MetalConfig()):
         trace, p_metal = metal_trace(p_metal, config.partial_volume)
         ma, gt = _measure((ma_water, ma_bone, p_metal), (p_water, p_bone), key, ratios, spectrum, coefficients, config)
         li = interpolate_trace(ma, trace)
-        images = fbp(jnp.concatenate([ma, li, gt]), geometry, filter=config.filter)
-        extra = _nmar_outputs(forward, fbp, geometry, images[b : 2 * b], metal, ma, trace, config) if config.nmar else {}
+        # one FBP per sinogram (not one of the three stacked): inside a caller's jit, XLA drops the ones whose
+        # images the caller does not use (fresh-mask training needs one or two of them)
+        ma_image, li_image, poly_image = (fbp(s, geometry, filter=config.filter) for s in (ma, li, gt))
+        extra = _nmar_outputs(forward, fbp, geometry, li_image, metal, ma, trace, config) if config.nmar else {}
         return extra | {
             "gt_image": water + bone,
-            "ma_image": images[:b],
-            "li_image": images[b : 2 * b],
-            "poly_image": images[2 * b :],
+            "ma_image": ma_image,
+            "li_image": li_image,
+            "poly_image": poly_image,
             "ma_sinogram": ma,
             "li_sinogram": li,
             "gt_sinogram": gt,

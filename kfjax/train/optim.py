@@ -1,5 +1,9 @@
 """Optimisers from an OptimConfig: Adam/AdamW/SGD, warm-up, constant/cosine/step schedules, clipping.
 
+Clipping (`grad_clip` > 0) bounds the global norm of a group's gradient (`clip_scope="group"`) or of each
+top-level submodule's gradient apart (`clip_scope="module"`), so that one network with large gradients (e.g.
+DuDoNet's SE-Net) does not shrink the steps of another (its IE-Net) that shares the group.
+
 `weight_decay` is decoupled for adamw and an L2 term added to the gradient for adam and sgd (PyTorch's
 `weight_decay` argument of those optimisers), so no setting is silently ignored.
 """
@@ -41,6 +45,25 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
             opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt)
     else:
         raise ConfigError(f"unknown optim.name '{cfg.name}'; choose adam, adamw or sgd")
+    if cfg.clip_scope not in CLIP_SCOPES:
+        raise ConfigError(f"unknown optim.clip_scope '{cfg.clip_scope}'; choose {' or '.join(CLIP_SCOPES)}")
     if cfg.grad_clip > 0:
-        opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+        clip = optax.clip_by_global_norm if cfg.clip_scope == "group" else clip_each_module
+        opt = optax.chain(clip(cfg.grad_clip), opt)
     return opt
+
+
+CLIP_SCOPES = ("group", "module")
+
+
+def clip_each_module(max_norm: float) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm(max_norm)` applied to each top-level entry of a gradient dict apart
+    (a Flax parameter tree's entries are its submodules); a gradient that is not a dict is clipped whole."""
+    whole = optax.clip_by_global_norm(max_norm)
+
+    def update(updates, state, params=None):
+        if not hasattr(updates, "items"):
+            return whole.update(updates, state)[0], state
+        return type(updates)({k: whole.update(v, optax.EmptyState())[0] for k, v in updates.items()}), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -94,6 +94,17 @@ def test_dudonet_table_comes_from_the_records():
         assert stale not in text, stale
 
 
+def test_dudonet_table_scores_against_the_reference_when_asked():
+    runs, baselines = _dudonet_records()
+    for r in runs + baselines:  # reference scores 10 dB above the image ones
+        r["metrics"] |= {f"ref_{k}": v + 10 for k, v in r["metrics"].items()}
+    text = dudonet_run.table(runs, baselines, "reference")
+    li = next(line for line in text.splitlines() if line.startswith("| LI |")).split(" | ")
+    assert li[8] == "39.00" and "reference reconstruction" in text
+    dual = [r["metrics"]["ref_psnr"] for r in runs if r["variant"] == "dual"]
+    assert f"{np.mean(dual):.2f} ± {np.std(dual, ddof=1):.2f}" in text
+
+
 def test_dudonet_table_says_when_records_disagree():
     runs, baselines = _dudonet_records()
     runs[0]["settings"]["train"]["steps"] = 9

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kfjax.bench.method import backward_bytes
 from kfjax.errors import ConfigError
 from kfjax.methods import registry
 from kfjax.train import loop
@@ -84,14 +85,7 @@ DI2IN_64 = ["data.size=64", "model.channels=16,32,64"]
 
 def _saved_bytes(method, state, dtype=jnp.float32) -> int:
     """Bytes a supervised method's loss keeps for its backward pass (the residuals of `jax.vjp`), batch 8."""
-    batch = _batch(method.batch_spec(8))
-
-    def residuals(params):
-        with precision_scope(Precision(dtype)):
-            _, backward = jax.vjp(lambda p: method._objective(p, state, batch)[0], params)
-        return jax.tree.leaves(backward)
-
-    return sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.eval_shape(residuals, state.params["model"]))
+    return backward_bytes(method, state, _batch(method.batch_spec(8)), dtype)
 
 
 @pytest.mark.parametrize("name, extra", [("di2in", DI2IN_64), ("dudonet", [])])
