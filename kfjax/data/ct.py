@@ -219,7 +219,8 @@ def ct_slices(size: int = 256, inpaint: bool = True, gap: int = 4, fractions=(0.
         :data:`kfjax.units.FOV_MM` / size mm); slice_mm (2.5); splits: train/val/test -> slice indices,
         contiguous blocks inferior -> superior in that order with ``gap`` slices unused between blocks
         (``layout="blocks"``), or blocks repeating along the scan (``layout="interleaved"``, see
-        :func:`interleaved_positions`; ``gap`` does not apply); meta (dict). Orientation: see :data:`kfjax.io.orientation.ORIENTATION`.
+        :func:`interleaved_positions`; ``gap`` does not apply); meta (dict). Orientation: see
+        :data:`kfjax.io.orientation.ORIENTATION`.
     """
     arrays, meta = build("ct-slices", size=size, inpaint=inpaint, gap=gap, fractions=list(fractions),
                          saturation_hu=saturation_hu, dilate_mm=dilate_mm)

@@ -51,6 +51,7 @@ ARRAYS = (
     "mask_index",
     "size_group",
 )
+SIMULATED = ARRAYS[:9]  # what the simulator makes; the rest is provenance
 
 
 def _slices(source: str, size: int, split: str, n_phantoms: int, seed: int,
@@ -69,7 +70,7 @@ def _slices(source: str, size: int, split: str, n_phantoms: int, seed: int,
 def pair_arrays(simulated: dict) -> dict:
     """The simulator's outputs (`kfjax.physics.metal.make_metal_simulator`) under this module's names."""
     names = {"gt_sinogram": "mono_sinogram", "ref_sinogram": "gt_sinogram", "ref_image": "poly_image"}
-    return {k: simulated[names.get(k, k)] for k in ARRAYS[:9]}
+    return {k: simulated[names.get(k, k)] for k in SIMULATED}
 
 
 def training_slices(source: str, geometry: str, n_phantoms: int = 64, seed: int = 0,
@@ -126,7 +127,7 @@ def _build(
     simulate = make_metal_simulator(fan, MetalConfig(material=material, pixel_size=pixel))
     masks = phantoms.metal_masks(size, "train" if split == "train" else "test").astype(np.float32)
     positions, mask_ids = _pairs(split, len(ids), masks_per_slice, seed)
-    keep = {k: [] for k in ARRAYS[:9]}
+    keep = {k: [] for k in SIMULATED}
     key = jax.random.key(seed * 1000 + SPLITS.index(split))
     for start in range(0, len(positions), batch):
         sel = slice(start, start + batch)

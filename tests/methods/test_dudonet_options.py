@@ -146,7 +146,8 @@ def test_interleaved_split_spans_the_scan_without_touching():
     assert np.all(np.diff(used)[neighbours] >= 2)  # at least one unused slice between different splits
 
 
-@pytest.mark.parametrize("key,value", [("model.li_source", "fbp"), ("model.se_padding", "wrap"), ("model.ril_method", "fan"),
+@pytest.mark.parametrize("key,value", [("model.li_source", "fbp"), ("model.se_padding", "wrap"),
+                                       ("model.ril_method", "fan"),
                                        ("data.target", "poly"), ("data.slice_split", "random"),
                                        ("loss.sinogram_mean", "bins"), ("optim.clip_scope", "layer")])
 def test_bad_settings_are_config_errors(key, value):
