@@ -45,7 +45,7 @@ VARIANTS = {
 BASELINES = {"uncorrected": "uncorrected", "LI": "LI", "NMAR": "NMAR"}
 # NMAR (Meyer et al. 2010) as computed here: the prior is thresholded from the LI image (kfjax.physics.metal)
 NMAR = {"air_hu": -700.0, "bone_hu": 500.0, "eps": 0.01, "filter": "ram-lak"}
-COMPARISONS = (("dual", "image"), ("dual", "dual_no_rc"))  # (a, b): a - b per seed, paired over seeds
+COMPARISONS = (("dual", "image"), ("dual", "sinogram"), ("dual", "dual_no_rc"))  # a - b per seed, paired
 PAPER = {  # literature values, not ours: DuDoNet CVPR'19 Table (DeepLesion, 416², average PSNR / SSIM)
     "LI": (25.47, 0.8917),
     "NMAR": (27.51, 0.9001),
