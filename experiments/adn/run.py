@@ -221,7 +221,9 @@ def run_dudonet(seed: int, args) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "panel.npy", np.asarray(pred))
     record = {k: v for k, v in source.items() if k != "_folder"}
-    record |= {"variant": "dudonet", "copied_from": source["_folder"], "panel_cases": cases}
+    origin = Path(source["_folder"]).resolve()  # relative to the repository when inside it: no machine paths
+    copied = origin.relative_to(records.REPO) if origin.is_relative_to(records.REPO) else origin.name
+    record |= {"variant": "dudonet", "copied_from": str(copied), "panel_cases": cases}
     records.save(record, folder)
     return records.load(folder)
 
