@@ -20,12 +20,13 @@ against the reference reconstruction, whichever target trained the model.
     kfjax train dudonet --set model.mode=image            # the image-domain baseline
     kfjax train dudonet --set data.source=phantom         # procedural anatomy, no download
     kfjax train dudonet --set data.masks=fresh data.target=reference model.li_source=ril \
-        model.se_padding=circular_rows loss.sinogram_mean=sinogram optim.clip_scope=module
+        model.ril_method=direct model.se_padding=circular_rows loss.sinogram_mean=sinogram optim.clip_scope=module
 
-The last line's settings follow the paper where kfjax's defaults did not (X_LI = RIL(Y_LI), the whole-sinogram
-L1) and add what locating the dual-domain gain needs: a new metal mask, position and noise every step (the
-simulator runs inside the jitted step; the cached fixed pairs stay the default), the reference target, SE-Net
-convolutions that wrap around the view axis, and gradient clipping per network. `data.slice_split=interleaved`
+The last line's settings (those of `kfjax demo`) follow the paper where kfjax's defaults did not (X_LI =
+RIL(Y_LI), the whole-sinogram L1) and add what locating the dual-domain gain needs: a new metal mask, position
+and noise every step (the simulator runs inside the jitted step; the cached fixed pairs stay the default), the
+reference target, the direct fan-beam FBP as the RIL (the rebinning loses more than the metal costs against
+the reference), SE-Net convolutions that wrap around the view axis, and gradient clipping per network. `data.slice_split=interleaved`
 takes train/val/test slices from along the whole scan instead of three blocks (anatomy shift vs over-fitting).
 The defaults keep the settings every saved run record was made with.
 """
@@ -171,13 +172,14 @@ class DuDoNetMethod(SupervisedMethod):
         """The pairs of the split, normalised; for fresh-mask training the training slices (hu, slice_index)."""
         if split not in self._datasets:
             d = self.config.data
-            if split == "train" and self.fresh:
+            slices_only = split == "train" and self.fresh
+            if slices_only:
                 a = training_slices(d.source, d.geometry, d.n_phantoms, 0, d.slice_split)
             else:
                 a = self._arrays(split)
             if abs(float(a["pixel_mm"]) - self.pixel_mm) > 1e-4:
                 raise ConfigError(f"the {split} data have {float(a['pixel_mm'])} mm pixels, the model {self.pixel_mm}")
-            if "hu" in a:
+            if slices_only:
                 self._datasets[split] = ArrayDataset(hu=a["hu"], slice_index=a["slice_index"])
             else:
                 self._datasets[split] = ArrayDataset(**normalised(a), size_group=a["size_group"])

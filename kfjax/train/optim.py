@@ -15,6 +15,8 @@ import optax
 from kfjax.config import OptimConfig
 from kfjax.errors import ConfigError
 
+CLIP_SCOPES = ("group", "module")  # optim.clip_scope: one norm per parameter group | one per top-level submodule
+
 
 def learning_rate(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """Learning rate per step."""
@@ -51,9 +53,6 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
         clip = optax.clip_by_global_norm if cfg.clip_scope == "group" else clip_each_module
         opt = optax.chain(clip(cfg.grad_clip), opt)
     return opt
-
-
-CLIP_SCOPES = ("group", "module")
 
 
 def clip_each_module(max_norm: float) -> optax.GradientTransformation:
