@@ -18,6 +18,7 @@ DOC = Path(__file__).parents[1] / "docs" / "architecture.md"
 @pytest.fixture
 def example(monkeypatch):
     """The doc's one-file method, executed as a module, registered in a copy of the registry."""
+    registry.names()  # load every method module first, so the copy (dropped afterwards) holds them all
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
     code = re.search(r"```python\n# kfjax/methods/denoise.py\n(.*?)```", DOC.read_text(), re.S).group(1)
     namespace: dict = {"__name__": "denoise_example"}

@@ -16,8 +16,9 @@ def run(args) -> int:
         cls = registry.get(name)
         marks = ([] if cls.trainable else ["per-case"]) + ([] if cls.inference is None else ["infer"])
         rows.append((name, ",".join(marks), cls))
+    width = max((len(name) for name, _, _ in rows), default=0)
     for name, marks, cls in rows:
-        print(f"{name:12s} {marks:15s} {cls.description}  [{cls.paper}]")
+        print(f"{name:{width}s} {marks:15s} {cls.description}  [{cls.paper}]")
     if any(marks for _, marks, _ in rows):
         print("\nper-case: optimises each case at evaluation, nothing to train (`kfjax eval NAME`); "
               "infer: `kfjax infer NAME` applies a trained run to your files")

@@ -96,7 +96,7 @@ def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.nda
 
 
 def simulate(fractions: dict[str, np.ndarray], field_t: float = 1.5, seed: int = 0, noise: float = 0.02,
-             bias: float = 0.2, contrasts=CONTRASTS) -> dict[str, np.ndarray]:
+             bias: float = 0.2, contrasts=CONTRASTS, location: float = 0.0) -> dict[str, np.ndarray]:
     """T1w/T2w/PD images from tissue fractions (partial-volume mixing), with bias field and Rician noise.
 
     Args:
@@ -104,6 +104,10 @@ def simulate(fractions: dict[str, np.ndarray], field_t: float = 1.5, seed: int =
         field_t: 1.5 or 3.0 tesla. seed: seeds the bias field (different per contrast) and the noise.
         noise: Rician sigma as a fraction of the brightest tissue signal of each contrast (0: none).
         bias: strength of the multiplicative bias field (0: none).
+        location: strength of a smooth field per (contrast, tissue) that scales that tissue's signal by
+            ``[exp(-location), exp(location)]`` depending on position (0: none). It differs between
+            contrasts and tissues, so one contrast is a function of another only locally, not over the
+            whole image: a synthesis network needs to know where a voxel is (LSDN's premise).
     Returns:
         contrast -> float32 image of the fractions' shape, arbitrary units (water = 1).
     """
@@ -112,9 +116,12 @@ def simulate(fractions: dict[str, np.ndarray], field_t: float = 1.5, seed: int =
     for i, contrast in enumerate(contrasts):
         levels = {t: tissue_signal(t, field_t, contrast) for t in fractions}
         image = np.zeros(shape, np.float32)
-        for t, f in fractions.items():
+        for j, (t, f) in enumerate(fractions.items()):
             if levels[t]:
-                image += np.float32(levels[t]) * f.astype(np.float32)
+                level = np.float32(levels[t])
+                if location:
+                    level = level * bias_field(np.random.default_rng((seed, i, 3, j)), shape, location)
+                image += level * f.astype(np.float32)
         if bias:
             image *= bias_field(np.random.default_rng((seed, i, 1)), shape, bias)
         if noise:
@@ -152,7 +159,7 @@ def mni_fractions(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, close_mm: floa
     return csf, region
 
 
-def build_mr_t1t2(field, noise, bias, seed, margin):
+def build_mr_t1t2(field, noise, bias, seed, margin, location):
     """Arrays and meta of ``mr-t1t2`` (see :func:`mr_t1t2`)."""
     _table(field)
     data = _load_mni152()
@@ -168,11 +175,11 @@ def build_mr_t1t2(field, noise, bias, seed, margin):
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     stack = np.ascontiguousarray(stack[box])
     fractions = {t: stack[..., i] for i, t in enumerate(("csf", "gm", "wm"))}
-    images = simulate(fractions, field, seed, noise, bias)
+    images = simulate(fractions, field, seed, noise, bias, location=location)
     table = _table(field)
     meta = {
         "simulated": "simulated from a real template (MNI152 2009a T1 + GM/WM maps); not acquired MR",
-        "field_t": float(field), "sequences": {k: list(v) for k, v in SEQUENCES.items()},
+        "field_t": float(field), "location": float(location), "sequences": {k: list(v) for k, v in SEQUENCES.items()},
         "relaxation_ms": {t: list(table[t]) for t in ("csf", "gm", "wm")},
         "tissues": ["background", "csf", "gm", "wm"], "crop_start": [int(v) for v in lo],
     }
@@ -189,19 +196,21 @@ def _load_mni152():
 register(DerivedSet(
     "mr-t1t2", ("mni152",),
     "T1w/T2w/PD spin-echo images simulated from the real MNI152 template's tissue maps (GM/WM/CSF), "
-    "1.5 T or 3 T, bias fields and Rician noise, 1 mm",
-    {"field": 3.0, "noise": 0.02, "bias": 0.2, "seed": 0, "margin": 4},
-    build_mr_t1t2, version=1,
+    "1.5 T or 3 T, bias fields, location-dependent tissue contrast and Rician noise, 1 mm",
+    {"field": 3.0, "noise": 0.02, "bias": 0.2, "seed": 0, "margin": 4, "location": 0.15},
+    build_mr_t1t2, version=2,
 ))
 
 
-def mr_t1t2(field: float = 3.0, noise: float = 0.02, bias: float = 0.2, seed: int = 0, margin: int = 4) -> dict[str, Any]:
+def mr_t1t2(field: float = 3.0, noise: float = 0.02, bias: float = 0.2, seed: int = 0, margin: int = 4,
+            location: float = 0.15) -> dict[str, Any]:
     """T1w, T2w and PD images simulated from a real template (MNI152 2009a) at ``field`` tesla (cached).
 
     Simulated, not acquired: tissue fractions GM/WM from the template, CSF derived (see
     :func:`mni_fractions`), spin-echo signal with literature T1/T2/PD
-    (:data:`RELAXATION`), a different smooth bias field per contrast and Rician noise of
-    std ``noise`` times the brightest tissue, all from ``seed``. The volume is cropped to the brain region
+    (:data:`RELAXATION`), a different smooth bias field per contrast, a location-dependent contrast of
+    strength ``location`` per contrast and tissue (see :func:`simulate`) and Rician noise of std ``noise``
+    times the brightest tissue, all from ``seed``. The volume is cropped to the brain region
     plus ``margin`` voxels; background (skull, scalp) has no signal (skull-stripped simulation).
 
     Returns a dict:
@@ -209,7 +218,7 @@ def mr_t1t2(field: float = 3.0, noise: float = 0.02, bias: float = 0.2, seed: in
         (axial slices are ``[k]``); fractions (D, H, W, 4) float32 background/csf/gm/wm summing to 1;
         labels (D, H, W) uint8 argmax of fractions; affine (4, 4) index -> RAS (MNI) mm; meta.
     """
-    arrays, meta = build("mr-t1t2", field=field, noise=noise, bias=bias, seed=seed, margin=margin)
+    arrays, meta = build("mr-t1t2", field=field, noise=noise, bias=bias, seed=seed, margin=margin, location=location)
     tissue = arrays["fractions"].astype(np.float32)
     fractions = np.concatenate([np.clip(1.0 - tissue.sum(-1, keepdims=True), 0.0, 1.0), tissue], axis=-1)
     return {**{c: arrays[c] for c in CONTRASTS}, "fractions": fractions,

@@ -13,6 +13,12 @@ Recipes (`UNPAIRED_RECIPES`, `unpaired_dataset(recipe, split, cfg, seed)`):
   training B image shows the anatomy of any A image (ADN's `partial_holdout` 0.5). μ is clipped to
   [0, MU_RANGE] = [0, 0.05] /mm (ADN's [0, 0.5] /cm) and scaled to [-1, 1] (`kfjax.units.to_signed`; back
   with `kfjax.units.to_unit`); the eval mask is 1 outside the metal.
+- "mr": MR contrast translation on the simulated ``mr-t1t2`` subject (:mod:`kfjax.data.synthesis`, slab
+  splits, intensities in [-1, 1]): A = `contrast_a` slices of one half of the training slices, B =
+  `contrast_b` slices of the other half (split by the seed), so no training B slice shows the anatomy of
+  an A slice; eval pairs are the two contrasts of the same held-out slice, scored in the brain mask.
+  `downsample` is the synthesis grid's (2: 2 mm, 96 x 80); flips break the location-dependent contrast
+  (left and right differ), so turn them off (`flip=False`) for this recipe.
 - "invert": procedural smooth blobs (A) and the intensity inverse of other blobs (B): a tiny translation
   task for tests and demos whose paired truth is known (`b = -a`).
 """
@@ -27,6 +33,7 @@ import numpy as np
 
 from kfjax.data.mar import mar_data
 from kfjax.data.pipeline import ArrayDataset
+from kfjax.data.synthesis import SynthesisDataConfig, synthesis_slices
 from kfjax.config import BaseDataConfig
 from kfjax.errors import ConfigError
 from kfjax.units import to_signed  # re-exported for tests/methods/test_adn.py
@@ -52,8 +59,10 @@ class UnpairedDataConfig(BaseDataConfig):
     eval_slice_step: int = 2  # mar: every k-th val/test slice (each with all 10 test masks)
     data_seed: int = 0  # mar: seed of the simulated set (slices, masks, noise), apart from the run seed
     holdout: float = 0.5  # mar: fraction of training slices that only give artifact-free (B) images
-    downsample: int = 1  # mar: block-average images by this factor (2: 256^2 -> 128^2 for CPU runs)
+    downsample: int = 1  # mar: block-average images by this factor (2: 256^2 -> 128^2); mr: the 1 mm volume's
     flip: bool = True  # random left-right flips of training images
+    contrast_a: str = "t1w"  # mr: contrast of domain A (t1w | t2w | pd)
+    contrast_b: str = "t2w"  # mr: contrast of domain B
     size: int = 32  # invert: image side
     n_toy: int = 64  # invert: training images per domain
     batch_size: int = 2  # global batch size
@@ -141,6 +150,20 @@ def mar_recipe(split: str, cfg: Any, seed: int):
     return UnpairedDataset(ma[a_rows], gt[b_rows], ids[a_rows], ids[b_rows], seed, cfg.flip)
 
 
+def mr_recipe(split: str, cfg: Any, seed: int):
+    """The "mr" recipe (see the module docstring); cfg fields: contrast_a, contrast_b, downsample, data_seed, flip."""
+    paired = synthesis_slices(split, SynthesisDataConfig(source=cfg.contrast_a, target=cfg.contrast_b,
+                                                         downsample=cfg.downsample, data_seed=cfg.data_seed))
+    arrays = paired.arrays
+    if split != "train":
+        return ArrayDataset(a=arrays["source"], b=arrays["target"], mask=arrays["mask"], li=arrays["source"])
+    ids = arrays["slice_index"]
+    a_slices, b_slices = mar_split_slices(ids, seed, 0.5)
+    a_rows, b_rows = np.flatnonzero(np.isin(ids, a_slices)), np.flatnonzero(np.isin(ids, b_slices))
+    return UnpairedDataset(arrays["source"][a_rows], arrays["target"][b_rows], ids[a_rows], ids[b_rows], seed,
+                           cfg.flip)
+
+
 def _blobs(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """(n, size, size, 1) smooth random images in [-1, 1]: sums of 3-6 Gaussian blobs."""
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -163,7 +186,7 @@ def invert_recipe(split: str, cfg: Any, seed: int):
     return UnpairedDataset(a, b, np.arange(n), np.arange(n, 2 * n), seed, cfg.flip)
 
 
-UNPAIRED_RECIPES: dict[str, Callable] = {"mar": mar_recipe, "invert": invert_recipe}
+UNPAIRED_RECIPES: dict[str, Callable] = {"mar": mar_recipe, "mr": mr_recipe, "invert": invert_recipe}
 
 
 def unpaired_dataset(recipe: str, split: str, cfg: Any, seed: int):

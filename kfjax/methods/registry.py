@@ -21,7 +21,8 @@ _METHODS: dict[str, type[Method]] = {}
 
 # Modules that register methods when imported (imported lazily, on the first lookup).
 METHOD_MODULES = ("kfjax.methods.di2in", "kfjax.methods.dudonet", "kfjax.methods.cyclegan", "kfjax.methods.adn",
-                  "kfjax.methods.dip")
+                  "kfjax.methods.dip", "kfjax.methods.lsdn", "kfjax.methods.pix2pix", "kfjax.methods.self_inverse",
+                  "kfjax.methods.self_inverse_unpaired")
 
 
 def register(name: str) -> Callable[[T], T]:

@@ -26,6 +26,11 @@ TINY = {
     "dudonet": ["data.geometry=adn_quarter", "model.se_channels=8,16", "model.ie_channels=8,16"],
     "cyclegan": ["data.recipe=invert", "data.size=32", "model.features=8", "model.n_blocks=1", "model.d_features=8"],
     "adn": ["data.recipe=invert", "data.size=32", "model.base=8", "model.num_residual=1", "model.d_features=8"],
+    "lsdn": ["data.downsample=4", "model.hidden=8,4"],
+    "pix2pix": ["data.downsample=8", "model.channels=8,16", "model.d_features=8", "model.d_layers=2"],
+    "self_inverse": ["data.downsample=8", "model.channels=8,16", "model.d_features=8", "model.d_layers=2"],
+    "self_inverse_unpaired": ["data.recipe=invert", "data.size=32", "model.features=8", "model.n_blocks=1",
+                              "model.d_features=8"],
 }
 
 BF16_UNIT_ROUNDOFF = 2.0**-8

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from kfjax import losses
+from kfjax.data.synthesis import synthesis_grid
 from kfjax.data.unpaired import unpaired_dataset
 from kfjax.errors import ConfigError
 from kfjax.methods.common.mar import unit_scores
@@ -53,18 +54,26 @@ class UnpairedMethod(Method, abc.ABC):
         return self._datasets[split]
 
     def grid(self) -> tuple[int, float]:
-        """(image side in pixels, pixel size in mm) of the training images; mm is 0 for the toy recipe."""
+        """(image side in pixels, pixel size in mm) of the square training images of the MAR and toy recipes;
+        mm is 0 for the toy recipe."""
         d = self.config.data
         if d.recipe == "invert":
             return d.size, 0.0
         if d.recipe != "mar":
-            raise ConfigError(f"unknown data.recipe '{d.recipe}'; choose mar or invert")
+            raise ConfigError(f"data.recipe '{d.recipe}' has no square CT grid; this method needs mar or invert")
         side = preset(d.geometry).image_shape[0]
         if side % d.downsample:
             raise ConfigError(f"image size {side} is not divisible by data.downsample={d.downsample}")
         return side // d.downsample, FOV_MM / side * d.downsample
 
-    def batch_spec(self, batch_size: int):
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the training images of the configured recipe."""
+        d = self.config.data
+        if d.recipe == "mr":
+            return synthesis_grid(d.downsample)
         side = self.grid()[0]
-        image = jax.ShapeDtypeStruct((batch_size, side, side, 1), jnp.float32)
+        return side, side
+
+    def batch_spec(self, batch_size: int):
+        image = jax.ShapeDtypeStruct((batch_size, *self.image_shape(), 1), jnp.float32)
         return {"a": image, "b": image}
