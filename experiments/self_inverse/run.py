@@ -294,11 +294,12 @@ def findings(runs: list[dict]) -> str:
         paired_ssim = [m[f"ssim_{d}"] for row in ("pix2pix", "one2one") for m in row_metrics(runs, row).values()
                        for d in ("ab", "ba")]
         than = f"; the paired models' lowest is {min(paired_ssim):.3f}" if paired_ssim else ""
+        why = (": the cycle terms fall (small cycle errors) while the adversarial terms have not yet pulled the "
+               "translations to the other contrast. The one2one-unpaired − CycleGAN differences above compare two "
+               "unconverged models and do not test the paper's claim; a longer run is needed for that."
+               if top < 0.5 else ".")
         lines.append(f"- **Unpaired**: after {steps} steps {verdict} (best SSIM of any seed and direction "
-                     f"{top:.3f}{than}): the cycle terms fall (small cycle errors) "
-                     "while the adversarial terms have not yet pulled the translations to the other contrast. The "
-                     "one2one-unpaired − CycleGAN differences above compare two unconverged models and do not test "
-                     "the paper's claim; a longer run (the GPU command) is needed for that.")
+                     f"{top:.3f}{than}){why}")
     return "\n".join(lines)
 
 
@@ -333,7 +334,7 @@ def footer(runs: list[dict]) -> str:
     return " ".join(parts) + "\n\n" + records.environment_summary(runs)
 
 
-def panels(runs: list[dict], out_dir: Path, test) -> list[str]:
+def panels(runs: list[dict], out_dir: Path, test, prefix: str = "") -> list[str]:
     """One PNG per table row: input, target, output and |error| on the panel slices, both directions (lowest seed)."""
     import matplotlib
 
@@ -370,9 +371,9 @@ def panels(runs: list[dict], out_dir: Path, test) -> list[str]:
                 axes[2 * i + j, 0].set_ylabel(f"slice {test.arrays['slice_index'][rows[i]]}\n{name}", fontsize=8)
         fig.suptitle(LABELS[row], fontsize=10)
         fig.tight_layout()
-        fig.savefig(out_dir / f"{row}.png", dpi=70)
+        fig.savefig(out_dir / f"{prefix}{row}.png", dpi=70)
         plt.close(fig)
-        written.append(f"{out_dir.name}/{row}.png")
+        written.append(f"{out_dir.name}/{prefix}{row}.png")
     return written
 
 
@@ -393,6 +394,8 @@ def parse_args(argv=None):
     p.add_argument("--readme", default=str(HERE / "README.md"), help="file that --write rewrites (panels/ beside it)")
     p.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     p.add_argument("--write", action="store_true", help="replace the table in the README, write panels/")
+    p.add_argument("--section", default="results",
+                   help="README section --write replaces (another section's panels get its name as a prefix)")
     return p.parse_args(argv)
 
 
@@ -413,9 +416,10 @@ def main(argv=None) -> None:
     print(text)
     if args.write:
         readme = Path(args.readme)
-        names = panels(runs, readme.parent / "panels", test)
+        prefix = "" if args.section == "results" else f"{args.section}_"
+        names = panels(runs, readme.parent / "panels", test, prefix)
         text += "\n\n" + " ".join(f"![{Path(n).stem}]({n})" for n in names)
-        records.write_section(readme, "results", text)
+        records.write_section(readme, args.section, text)
 
 
 if __name__ == "__main__":
