@@ -218,6 +218,20 @@ def run_shrunk(k: int, seed: int, args) -> dict:
     return records.load(folder)
 
 
+def _data_settings(d) -> dict:
+    """The data settings a baseline without training depends on."""
+    return {k: getattr(d, k) for k in ("source", "target", "downsample", "field", "noise", "bias", "location",
+                                       "data_seed")}
+
+
+def _reuse_baseline(folder: Path, settings: dict) -> dict:
+    """The saved record of a baseline, if it was computed with `settings`; else stop."""
+    record = records.load(folder)
+    if record["settings"] != records._json_safe(settings):
+        raise SystemExit(f"{folder} was computed on other data; move it away")
+    return record
+
+
 def lookup_record(args) -> dict:
     """The floor: a table of the mean training target per source-intensity bin (brain voxels), applied to the
     test slices and scored like the networks (`translation_scores`)."""
@@ -228,14 +242,10 @@ def lookup_record(args) -> dict:
     folder = run_folder("lookup", None, args)
     method = build("blind", 0, args)
     d = method.config.data
-    settings = {"data": {k: getattr(d, k) for k in ("source", "target", "downsample", "field", "noise", "bias",
-                                                   "location", "data_seed")}, "bins": LOOKUP_BINS,
+    settings = {"data": _data_settings(d), "bins": LOOKUP_BINS,
                 "fit": "mean target per source bin over the training brain voxels; empty bins interpolated"}
     if records.exists(folder):
-        record = records.load(folder)
-        if record["settings"] != records._json_safe(settings):
-            raise SystemExit(f"{folder} was computed on other data; move it away")
-        return record
+        return _reuse_baseline(folder, settings)
     clock = records.Clock()
     train, test = method.dataset("train"), method.dataset("test")
     x, y, m = (train.arrays[k][..., 0] for k in ("source", "target", "mask"))
@@ -271,14 +281,10 @@ def ceiling_record(args) -> dict:
     folder = run_folder("ceiling", None, args)
     method = build("blind", 0, args)
     d = method.config.data
-    settings = {"data": {k: getattr(d, k) for k in ("source", "target", "downsample", "field", "noise", "bias",
-                                                   "location", "data_seed")},
+    settings = {"data": _data_settings(d),
                 "prediction": "the same simulation with noise 0, times its intensity scale / the noisy one's"}
     if records.exists(folder):
-        record = records.load(folder)
-        if record["settings"] != records._json_safe(settings):
-            raise SystemExit(f"{folder} was computed on other data; move it away")
-        return record
+        return _reuse_baseline(folder, settings)
     clock = records.Clock()
     clean = synthesis_volume(dataclasses.replace(d, noise=0.0))
     test = method.dataset("test")

@@ -253,21 +253,21 @@ class LSDNMethod(SupervisedMethod):
 
     def infer(self, state: TrainState, inputs, progress: bool = True):
         """The target contrast of a volume in MNI152 space (`kfjax infer lsdn`); see the module docstring."""
-        from kfjax.methods.common.synthesis import synthesis_slices_of, synthesize_volume
+        from kfjax.methods.common.synthesis import synthesize_volume
 
         cfg = self.config
         if cfg.model.spatial_dims != 2:
             raise InputError("this run is a 3-D LSDN (model.spatial_dims=3), which `kfjax infer` does not apply; "
                              "train a 2-D run (the default) and infer with it")
-        volume, d = inputs["volume"], cfg.data.downsample
-        images, coords, _ = synthesis_slices_of(volume, float(d), 1)
-        check_atlas_space(images, coords, self.atlas_box(), cfg.infer.min_inside)
+        volume, d, box = inputs["volume"], cfg.data.downsample, self.atlas_box()
         if cfg.infer.shrink_units > 0:
             net, params, _ = self.shrink_connect(state, cfg.infer.shrink_units, cfg.infer.shrink_voxels)
         else:
             net, params = self.model, state.params["model"]
         apply = jax.jit(lambda p, x, s: net.apply({"params": p}, x, s))
-        return synthesize_volume(volume, lambda x, s: apply(params, x, s), float(d), 1, cfg.infer.batch_size, progress)
+        in_atlas = lambda images, coords: check_atlas_space(images, coords, box, cfg.infer.min_inside)  # noqa: E731
+        return synthesize_volume(volume, lambda x, s: apply(params, x, s), float(d), 1, cfg.infer.batch_size, progress,
+                                 check=in_atlas)
 
 
 def check_atlas_space(images: np.ndarray, coords: np.ndarray, box: np.ndarray, min_inside: float) -> float:

@@ -3,9 +3,10 @@
 Here: MR contrast synthesis `data.source -> data.target` (default T1w -> T2w) on the simulated paired slices
 of `kfjax.data.synthesis` (spin-echo simulation on the real MNI152 template; held-out slabs of the same
 subject are the test set). Generator: U-Net with skip connections and a tanh output (`model.channels`, one
-entry per level); discriminator: conditional PatchGAN on concat(input, output) (`model.d_layers` 3 = 70x70).
-Generator loss: GAN + `loss.l1_weight` (100) x L1; vanilla (BCE) GAN loss as in the reference code, or
-`loss.gan=lsgan`; Adam beta1 0.5 (lr 1e-3 at the CPU-scale defaults, the paper's 2e-4 at paper scale). Generator and discriminator move in one jitted step
+entry per level); discriminator: conditional PatchGAN on concat(input, output) (`model.d_layers`: 2 = 34x34
+patches by default, the paper's 3 = 70x70). Generator loss: GAN + `loss.l1_weight` (100) x L1; vanilla (BCE)
+GAN loss as in the reference code, or `loss.gan=lsgan`; Adam beta1 0.5 (lr 1e-3 at the CPU-scale defaults,
+the paper's 2e-4 at paper scale). Generator and discriminator move in one jitted step
 (`kfjax.methods.common.paired_gan`, shared with the self-inverse network). No flips or crops: the simulated
 contrast depends on location, so left and right differ. Metrics: L1, PSNR, SSIM on [0, 1] in the brain mask.
 
@@ -22,10 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kfjax.config import BaseConfig, OptimConfig, TrainConfig
-from kfjax.data.synthesis import SynthesisDataConfig
-from kfjax.methods.common.paired_gan import (InferConfig, LossConfig, ModelConfig, PairedGANMethod, check_direction,
-                                             direction_name)
+from kfjax.methods.common.paired_gan import PairedGANConfig, PairedGANMethod, check_direction, direction_name
 from kfjax.methods.registry import register
 from kfjax.train.method import Inference
 from kfjax.train.state import TrainState
@@ -34,14 +32,8 @@ __all__ = ["Pix2PixConfig", "Pix2PixMethod"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Pix2PixConfig(BaseConfig):
-    seed: int = 0  # seeds initialisation, data order and per-step keys
-    data: SynthesisDataConfig = SynthesisDataConfig(batch_size=4)
-    model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    optim: OptimConfig = OptimConfig(lr=1e-3, b1=0.5, b2=0.999)  # CPU scale; the paper's lr is 2e-4
-    train: TrainConfig = TrainConfig(steps=400, log_every=50, checkpoint_every=400)
-    infer: InferConfig = InferConfig()
+class Pix2PixConfig(PairedGANConfig):
+    """pix2pix's settings: those of every paired GAN (`kfjax.methods.common.paired_gan.PairedGANConfig`)."""
 
 
 @register("pix2pix")

@@ -30,12 +30,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from kfjax.config import BaseConfig, OptimConfig, TrainConfig
-from kfjax.data.synthesis import SynthesisDataConfig
 from kfjax.errors import ConfigError
 from kfjax.methods.common import paired_gan
-from kfjax.methods.common.paired_gan import (InferConfig, LossConfig, PairedGANMethod, check_direction,
-                                             cycle_error, direction_name, paired_scores)
+from kfjax.methods.common.paired_gan import PairedGANMethod, check_direction, cycle_error, direction_name, paired_scores
 from kfjax.methods.registry import register
 from kfjax.train.method import Inference
 from kfjax.train.state import TrainState
@@ -53,14 +50,8 @@ class ModelConfig(paired_gan.ModelConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class SelfInverseConfig(BaseConfig):
-    seed: int = 0  # seeds initialisation, data order and per-step keys (the swaps)
-    data: SynthesisDataConfig = SynthesisDataConfig(batch_size=4)
+class SelfInverseConfig(paired_gan.PairedGANConfig):
     model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    optim: OptimConfig = OptimConfig(lr=1e-3, b1=0.5, b2=0.999)  # CPU scale; the paper's lr is 2e-4
-    train: TrainConfig = TrainConfig(steps=400, log_every=50, checkpoint_every=400)
-    infer: InferConfig = InferConfig()
 
 
 @register("self_inverse")

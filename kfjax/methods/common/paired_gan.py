@@ -2,7 +2,7 @@
 
 Generator: `kfjax.nn.UNet` (`model.channels`, one entry per level; resize+conv upsampling, skip connections)
 with a tanh on its output, `(B, H, W, 1) -> (B, H, W, 1)` in [-1, 1]. Discriminator: the conditional PatchGAN
-(`kfjax.nn.PatchDiscriminator`, `model.d_layers` 3 = 70x70) on `concat(input, output)`, 2 channels.
+(`kfjax.nn.PatchDiscriminator`, `model.d_layers`: 2 by default, the paper's 3 = 70x70) on `concat(input, output)`, 2 channels.
 Losses (pix2pix): generator `GAN(D(x, G(x)) -> real) + l1_weight |G(x) - y|_1`, discriminator
 `0.5 (GAN(D(x, y) -> real) + GAN(D(x, G(x)) -> fake))` with `loss.gan` "vanilla" (BCE on logits, the
 reference code's) or "lsgan"; no image pool (pool_size 0). Both groups move in ONE jitted step; both losses
@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from kfjax import losses, metrics
-from kfjax.config import BaseModelConfig
+from kfjax.config import BaseConfig, BaseModelConfig, OptimConfig, TrainConfig
 from kfjax.data.mr import CONTRASTS
-from kfjax.data.synthesis import check_contrasts, synthesis_grid, synthesis_slices
+from kfjax.data.synthesis import SynthesisDataConfig, check_contrasts, synthesis_grid, synthesis_slices
 from kfjax.errors import ConfigError
 from kfjax.io import Volume
 from kfjax.methods.common.gan import discriminator_update, translation_scores
@@ -40,7 +40,8 @@ from kfjax.train.precision import apply_network
 from kfjax.train.state import TrainState
 from kfjax.units import to_unit
 
-__all__ = ["GAN_LOSSES", "GENERATOR_NORMS", "InferConfig", "LossConfig", "ModelConfig", "PairedGANMethod",
+__all__ = ["GAN_LOSSES", "GENERATOR_NORMS", "InferConfig", "LossConfig", "ModelConfig", "PairedGANConfig",
+           "PairedGANMethod",
            "check_direction", "cycle_error", "direction_name", "gan_generator_loss", "gan_discriminator_update",
            "infer_volume", "paired_scores"]
 
@@ -68,6 +69,19 @@ class InferConfig:
     """Settings of `kfjax infer` for contrast synthesis (`--set infer.KEY=VALUE`)."""
 
     direction: str = ""  # SOURCE_to_TARGET, e.g. t1w_to_t2w ("": the data.source -> data.target of training)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedGANConfig(BaseConfig):
+    """The settings of a paired GAN (pix2pix, self_inverse) at CPU scale; paper scale in their docstrings."""
+
+    seed: int = 0  # seeds initialisation, data order and per-step keys (the swaps of the self-inverse network)
+    data: SynthesisDataConfig = SynthesisDataConfig(batch_size=4)
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig(lr=1e-3, b1=0.5, b2=0.999)  # CPU scale; the paper's lr is 2e-4
+    train: TrainConfig = TrainConfig(steps=400, log_every=50, checkpoint_every=400)
+    infer: InferConfig = InferConfig()
 
 
 def direction_name(source: str, target: str) -> str:

@@ -84,10 +84,14 @@ def synthesize_volume(
     multiple: int = 16,
     batch_size: int = 4,
     progress: bool = True,
+    check: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> Volume:
     """The synthesized contrast of `volume` (3-D, one MR contrast), same shape, affine and header; see the
-    module docstring. `pixel_mm`: the training pixel size; `multiple`: pad slices to a multiple of this."""
+    module docstring. `pixel_mm`: the training pixel size; `multiple`: pad slices to a multiple of this;
+    `check(images, coords)`: called on the network inputs before any batch runs (raise to refuse the volume)."""
     images, coords, ctx = synthesis_slices_of(volume, pixel_mm, multiple)
+    if check is not None:
+        check(images, coords)
     out = np.zeros(images.shape, np.float32)
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="synthesize", unit="batch", disable=not progress):
