@@ -2,7 +2,8 @@
 
 Generator: `kfjax.nn.UNet` (`model.channels`, one entry per level; resize+conv upsampling, skip connections)
 with a tanh on its output, `(B, H, W, 1) -> (B, H, W, 1)` in [-1, 1]. Discriminator: the conditional PatchGAN
-(`kfjax.nn.PatchDiscriminator`, `model.d_layers`: 2 by default, the paper's 3 = 70x70) on `concat(input, output)`, 2 channels.
+(`kfjax.nn.PatchDiscriminator`, `model.d_layers`: 2 by default, the paper's 3 = 70x70) on
+`concat(input, output)`, 2 channels.
 Losses (pix2pix): generator `GAN(D(x, G(x)) -> real) + l1_weight |G(x) - y|_1`, discriminator
 `0.5 (GAN(D(x, y) -> real) + GAN(D(x, G(x)) -> fake))` with `loss.gan` "vanilla" (BCE on logits, the
 reference code's) or "lsgan"; no image pool (pool_size 0). Both groups move in ONE jitted step; both losses
