@@ -1,9 +1,12 @@
 """`kfjax infer METHOD --workdir DIR --input FILE --out FILE.nii.gz`: apply a trained method to a user's volume.
 
-Inputs are NIfTI files or DICOM series: `--input FILE` for a method with one input, `--input NAME=FILE`
-(once per input) for several. Only the `infer.*` settings of the run's config may change (`--set
-infer.KEY=VALUE`); `--metal-threshold HU` is `--set infer.metal_threshold=HU`. The output is NIfTI, written
-under a temporary name and renamed, so a failed run leaves nothing behind.
+Inputs are NIfTI files, DICOM series or PNG images: `--input FILE` for a method with one input,
+`--input NAME=FILE` (once per input) for several. Only the `infer.*` settings of the run's config may change
+(`--set infer.KEY=VALUE`); `--metal-threshold HU` is `--set infer.metal_threshold=HU`. The output is NIfTI
+for a method whose `Inference.output` is "volume"; for "landmarks" it is `--out FILE.json` (names, pixel,
+voxel and world coordinates) plus an overlay `FILE.png` next to it
+(`kfjax.methods.common.landmarks.write_landmarks`). Every file is written under a temporary name and
+renamed, so a failed run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ from kfjax.runtime import setup_jax
 
 
 def add_parser(sub) -> None:
-    inf = sub.add_parser("infer", help="apply a trained method to a volume (NIfTI or DICOM) and write NIfTI",
+    inf = sub.add_parser("infer", help="apply a trained method to a volume or image (NIfTI, DICOM, PNG)",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     inf.add_argument("method")
     inf.add_argument("--workdir", "--checkpoint", required=True, help="folder of the trained run")
     inf.add_argument("--input", required=True, action="append", metavar="FILE|NAME=FILE",
                      help="input volume; NAME=FILE once per input for a method with several inputs")
-    inf.add_argument("--out", required=True, help="output .nii or .nii.gz")
+    inf.add_argument("--out", required=True, help="output .nii or .nii.gz; landmark methods: .json (+ overlay .png)")
     inf.add_argument("--set", nargs="*", default=[], metavar="infer.KEY=VALUE",
                      help="inference settings, e.g. infer.metal_threshold=3000 (only infer.* can change)")
     inf.add_argument("--metal-threshold", type=float,
@@ -114,7 +117,11 @@ def run(args) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"output folder '{out.parent}' does not exist; create it or choose another --out")
-    if not out.name.endswith((".nii", ".nii.gz")):
+    landmarks = cls.inference.output == "landmarks"
+    if landmarks and out.suffix.lower() != ".json":
+        raise InputError(f"--out '{out}' must end in .json: '{args.method}' writes landmarks as JSON "
+                         "(and an overlay PNG next to it)")
+    if not landmarks and not out.name.endswith((".nii", ".nii.gz")):
         raise InputError(f"--out '{out}' must end in .nii or .nii.gz")
 
     method = registry.from_workdir(args.method, args.workdir, overrides)
@@ -124,6 +131,12 @@ def run(args) -> int:
         check_finite(volumes[name].array, f"input '{path}'")
     state = restore_for_eval(method, args.workdir)
     result = method.infer(state, volumes, progress=not args.no_progress)
+    if landmarks:
+        from kfjax.methods.common.landmarks import write_landmarks
+
+        written = write_landmarks(result, out)
+        print(f"wrote {written[0]} and {written[1]}")
+        return 0
     suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{suffix}")
     try:

@@ -27,12 +27,13 @@ import numpy as np
 
 from kfjax.errors import InputError
 from kfjax.io.nifti import _ndim_error, _one_line, _squeeze_trailing, has_nifti_suffix, load_nifti, save_nifti
+from kfjax.io.png import has_png_suffix, load_png
 from kfjax.io.volume import Volume
 
 __all__ = ["load_dicom_series", "load_volume", "save_volume", "SUPPORTED_FORMATS"]
 
 #: Shown in the error for an unknown input format.
-SUPPORTED_FORMATS = "NIfTI (.nii, .nii.gz), a DICOM file (.dcm) or a folder of DICOM slices"
+SUPPORTED_FORMATS = "NIfTI (.nii, .nii.gz), a DICOM file (.dcm), a folder of DICOM slices or a 2-D PNG image (.png)"
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _DCM_CONVERT = "convert it with dcm2niix and load the NIfTI file instead"
@@ -319,10 +320,10 @@ def load_dicom_series(
 def load_volume(path: str | os.PathLike, expect_ndim: int | None = None) -> Volume:
     """Read a volume, choosing the reader from the path.
 
-    ``.nii``/``.nii.gz`` -> :func:`~kfjax.io.nifti.load_nifti`; a folder, a ``.dcm`` file or a
-    file with the DICOM marker -> :func:`load_dicom_series`. ``expect_ndim`` is checked as in
-    ``load_nifti`` (trailing axes of length 1 are dropped first, so one DICOM slice passes as
-    2-D). Arrays are float32.
+    ``.nii``/``.nii.gz`` -> :func:`~kfjax.io.nifti.load_nifti`; ``.png`` -> :func:`~kfjax.io.png.load_png`
+    (2-D, identity affine); a folder, a ``.dcm`` file or a file with the DICOM marker ->
+    :func:`load_dicom_series`. ``expect_ndim`` is checked as in ``load_nifti`` (trailing axes of length 1
+    are dropped first, so one DICOM slice passes as 2-D). Arrays are float32.
 
     Raises:
         InputError: missing path, unsupported format, or any reader error.
@@ -330,6 +331,8 @@ def load_volume(path: str | os.PathLike, expect_ndim: int | None = None) -> Volu
     path = Path(path)
     if has_nifti_suffix(path):
         return load_nifti(path, expect_ndim=expect_ndim)
+    if has_png_suffix(path):
+        return load_png(path, expect_ndim=expect_ndim)
     if not path.exists():
         raise InputError(f"cannot read '{path}': no such file or folder; check the path")
     if path.is_dir() or path.suffix.lower() == ".dcm" or _is_dicom_file(path):

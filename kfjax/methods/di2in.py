@@ -28,6 +28,7 @@ from kfjax.io import Volume
 from kfjax.methods.common.supervised import SupervisedMethod
 from kfjax.methods.registry import register
 from kfjax.nn.di2in import DI2IN
+from kfjax.nn.sliding_window import sliding_window
 from kfjax.train.method import Inference
 from kfjax.train.state import TrainState
 
@@ -59,6 +60,9 @@ class LossConfig:
 @dataclasses.dataclass(frozen=True)
 class InferConfig:
     threshold: float = 0.5  # probability at and above which a voxel is in the mask (`kfjax infer di2in`)
+    overlap: float = 0.5  # 3-D: overlap of neighbouring windows of the training size, in [0, 1)
+    blend: str = "gaussian"  # 3-D: gaussian | constant weighting of overlapping window outputs
+    window_batch: int = 2  # 3-D: windows per network call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +137,8 @@ class DI2INMethod(SupervisedMethod):
         return {"dice": metrics.dice(mask, batch["label"])[:, 0]}
 
     def infer(self, state: TrainState, inputs: dict[str, Volume], progress: bool = True) -> Volume:
-        """Organ mask of a user's volume: 2-D models run slice by slice along the last array axis.
+        """Organ mask of a user's volume: 2-D models run slice by slice along the last array axis, 3-D models
+        over sliding windows of the training size (`infer.overlap`, `infer.blend`, `infer.window_batch`).
 
         Intensities are min-max scaled to [0, 1] like the phantoms; the models are trained on phantoms,
         so this shows the inference path, not a clinical segmenter. Returns a uint8 mask Volume with the
@@ -146,24 +151,29 @@ class DI2INMethod(SupervisedMethod):
             raise InputError(f"expected a 3-D volume, got shape {array.shape}; pass a single 3-D NIfTI or DICOM series")
         low, high = np.percentile(array, [0.5, 99.5])
         scaled = np.clip((array - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
-        multiple = 2 ** (len(self.config.model.channels) - 1)
-        if dims == 2:
-            inputs = np.moveaxis(scaled, -1, 0)[..., None]  # (slices, X, Y, 1)
-        else:
-            inputs = scaled[None, ..., None]
-        spatial = inputs.shape[1:-1]
-        padded = [(-s) % multiple for s in spatial]
-        inputs = np.pad(inputs, [(0, 0)] + [(0, p) for p in padded] + [(0, 0)], mode="edge")
         apply = jax.jit(lambda st, x: self.predict(st, {"image": x})["probability"])
+        if dims == 3:
+            infer = self.config.infer
+            probability = sliding_window(scaled[None, ..., None], (self.config.data.size,) * 3,
+                                         lambda x: apply(state, x), overlap=infer.overlap, mode=infer.blend,
+                                         batch_size=infer.window_batch, progress=progress)
+        else:
+            probability = self._slices(apply, state, np.moveaxis(scaled, -1, 0)[..., None], progress)
+        mask = probability >= self.config.infer.threshold
+        mask = np.moveaxis(mask[..., 0], 0, -1) if dims == 2 else mask[0, ..., 0]
+        return Volume(mask.astype(np.uint8), volume.affine, volume.header)
+
+    def _slices(self, apply, state: TrainState, inputs: np.ndarray, progress: bool) -> np.ndarray:
+        """2-D model on every slice: (n, X, Y, 1) -> (n, X, Y, 1) probabilities, padded to the network's
+        multiple and to whole batches (one compiled shape), then cropped back."""
+        multiple = 2 ** (len(self.config.model.channels) - 1)
+        count, spatial = len(inputs), inputs.shape[1:-1]
+        inputs = np.pad(inputs, [(0, 0)] + [(0, (-s) % multiple) for s in spatial] + [(0, 0)], mode="edge")
         chunk = self.config.data.batch_size
-        count = len(inputs)
-        inputs = np.pad(inputs, [(0, (-count) % chunk)] + [(0, 0)] * (inputs.ndim - 1))  # one compiled shape
+        inputs = np.pad(inputs, [(0, (-count) % chunk)] + [(0, 0)] * (inputs.ndim - 1))
         outputs = [np.asarray(apply(state, inputs[i : i + chunk]))
                    for i in tqdm(range(0, len(inputs), chunk), desc="infer", disable=not progress)]
-        probability = np.concatenate(outputs)[(slice(0, count), *(slice(0, s) for s in spatial), 0)]
-        mask = probability >= self.config.infer.threshold
-        mask = np.moveaxis(mask, 0, -1) if dims == 2 else mask[0]
-        return Volume(mask.astype(np.uint8), volume.affine, volume.header)
+        return np.concatenate(outputs)[(slice(0, count), *(slice(0, s) for s in spatial))]
 
     def host_metrics(self, batch, outputs):
         pred = outputs["probability"][..., 0] > 0.5

@@ -22,7 +22,9 @@ _METHODS: dict[str, type[Method]] = {}
 # Modules that register methods when imported (imported lazily, on the first lookup).
 METHOD_MODULES = ("kfjax.methods.di2in", "kfjax.methods.dudonet", "kfjax.methods.cyclegan", "kfjax.methods.adn",
                   "kfjax.methods.dip", "kfjax.methods.lsdn", "kfjax.methods.pix2pix", "kfjax.methods.self_inverse",
-                  "kfjax.methods.self_inverse_unpaired")
+                  "kfjax.methods.self_inverse_unpaired", "kfjax.methods.landmark_i2i", "kfjax.methods.sac",
+                  "kfjax.methods.dqn_landmark", "kfjax.methods.mtl_view_landmark", "kfjax.methods.u2net",
+                  "kfjax.methods.di2in_an")
 
 
 def register(name: str) -> Callable[[T], T]:

@@ -54,7 +54,7 @@ class Inference:
     """`kfjax infer NAME` applies: the named inputs (each a NIfTI/DICOM volume) and what comes out."""
 
     inputs: tuple[str, ...] = ("volume",)  # `--input FILE` for one input, `--input NAME=FILE` for several
-    output: str = "volume"  # what `Method.infer` returns (a Volume, written as NIfTI with the input's affine)
+    output: str = "volume"  # volume: `infer` returns a Volume (NIfTI); landmarks: a LandmarkResult (JSON + PNG)
     help: str = ""  # one line for `kfjax infer --help` and `kfjax list`
 
 

@@ -31,6 +31,14 @@ TINY = {
     "self_inverse": ["data.downsample=8", "model.channels=8,16", "model.d_features=8", "model.d_layers=2"],
     "self_inverse_unpaired": ["data.recipe=invert", "data.size=32", "model.features=8", "model.n_blocks=1",
                               "model.d_features=8"],
+    "landmark_i2i": ["data.source=procedural", "data.size=32", "model.channels=8,16"],
+    "sac": ["data.source=procedural", "data.size=16", "model.channels=4,8"],
+    "dqn_landmark": ["data.size=32", "model.channels=8,16", "model.hidden=16", "agent.replay_size=64",
+                     "agent.replay_batch=16"],
+    "mtl_view_landmark": ["data.size=32", "data.n_train=8", "data.n_val=4", "model.channels=4,8",
+                          "model.decoder_features=4", "model.kernel=5", "model.d_features=4"],
+    "u2net": ["data.domains=organ_phantom,prostate_like", "model.channels=4,8", "data.n_train=2", "data.n_val=1"],
+    "di2in_an": ["data.size=16", "data.n_train=2", "data.n_val=2", "model.channels=4,8", "model.critic_channels=4,8"],
 }
 
 BF16_UNIT_ROUNDOFF = 2.0**-8

@@ -1,0 +1,61 @@
+"""3-D convolution on CPU as a sum of 2-D convolutions over the kernel's depth taps.
+
+XLA's CPU backend runs a channel-last 3-D convolution several times slower than the equivalent 2-D work
+(measured here: a 3×3×3, 32 → 32 channel convolution of batch 2 at 32³ took 1.4 s forward and 4.4 s for
+the input and weight gradients, PyTorch 0.37 s and 0.87 s; as three 2-D convolutions 0.21 s and 0.70 s).
+Writing y[d] = Σ_k conv2d(x_pad[s·d + k], w[k]) keeps XLA on its fast 2-D path, forward and backward, with
+the same result (summed in another order: equal up to float rounding) and the same parameters. Other
+backends, layouts and dilations fall through to `lax.conv_general_dilated`.
+
+    nn.Conv(32, (3, 3, 3), conv_general_dilated=conv_general_dilated)   # a drop-in for Flax's Conv
+"""
+
+from __future__ import annotations
+
+import jax
+from jax import lax
+
+_NDHWC = ("NDHWC", "DHWIO", "NDHWC")
+
+
+def _is_channel_last_3d(lhs, rhs, dimension_numbers) -> bool:
+    if lhs.ndim != 5 or rhs.ndim != 5 or dimension_numbers is None:
+        return False
+    want = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NDHWC)
+    return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == want
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
+                         precision=None, preferred_element_type=None):
+    """`lax.conv_general_dilated`, computed for channel-last 3-D inputs on CPU as 2-D convolutions.
+
+    lhs: (B, D, H, W, C_in), rhs: (kD, kH, kW, C_in / groups, C_out) -> (B, D', H', W', C_out).
+    """
+    kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                  feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+                  precision=precision, preferred_element_type=preferred_element_type)
+    rhs_dilation = tuple(rhs_dilation or (1, 1, 1))
+    plain = (tuple(lhs_dilation or (1, 1, 1)) == (1, 1, 1) and rhs_dilation[0] == 1 and batch_group_count == 1)
+    if jax.default_backend() != "cpu" or not plain or not _is_channel_last_3d(lhs, rhs, dimension_numbers):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    if isinstance(padding, str):
+        window = [(k - 1) * r + 1 for k, r in zip(rhs.shape[:3], rhs_dilation)]
+        padding = lax.padtype_to_pads(lhs.shape[1:4], window, window_strides, padding)
+    padding = [tuple(p) for p in padding]
+    if any(lo < 0 or hi < 0 for lo, hi in padding):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    depth_stride, taps = window_strides[0], rhs.shape[0]
+    x = jax.numpy.pad(lhs, ((0, 0), padding[0], (0, 0), (0, 0), (0, 0)))
+    b, d, h, w, c = x.shape
+    d_out = (d - taps) // depth_stride + 1
+    out = None
+    for k in range(taps):
+        plane = lax.slice_in_dim(x, k, k + depth_stride * (d_out - 1) + 1, stride=depth_stride, axis=1)
+        y = lax.conv_general_dilated(plane.reshape(b * d_out, h, w, c), rhs[k], tuple(window_strides[1:]),
+                                     padding[1:], rhs_dilation=rhs_dilation[1:],
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=feature_group_count, precision=precision,
+                                     preferred_element_type=preferred_element_type)
+        out = y if out is None else out + y
+    return out.reshape(b, d_out, *out.shape[1:])
