@@ -224,6 +224,18 @@ def changed_settings(saved: Mapping[str, Any], config: Any) -> list[str]:
     return changed_keys(dict(saved), config)
 
 
+def finished_run(folder: str | Path, config: Any) -> dict[str, Any] | None:
+    """The record of the finished run in `folder`, or None if there is none; stops the script when that run
+    was made with other settings than `config` (a frozen config dataclass)."""
+    if not exists(folder):
+        return None
+    record = load(folder)
+    changed = changed_settings(record["settings"], config)
+    if changed:
+        raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}); move it away")
+    return record
+
+
 def distinct(records: Iterable[Mapping[str, Any]], path: str | Any) -> list[Any]:
     """The distinct values of `path` (a dotted path, or a function of a record) over `records`, in the
     order first seen; lists/dicts compare by value."""

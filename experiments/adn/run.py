@@ -157,11 +157,8 @@ def run_one(variant: str, seed: int, args) -> dict:
     folder = run_folder(variant, seed, args)
     method = build(variant, seed, args)
     settings = to_dict(method.config)
-    if records.exists(folder):
-        record = records.load(folder)
-        changed = records.changed_settings(record["settings"], method.config)
-        if changed:
-            raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}); move it away")
+    record = records.finished_run(folder, method.config)
+    if record is not None:
         return record
     clock = records.Clock()
     folder.mkdir(parents=True, exist_ok=True)

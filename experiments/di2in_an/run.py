@@ -124,11 +124,8 @@ def run_one(variant: str, n_train: int, seed: int, args) -> dict:
 
     method = build(variant, n_train, seed, args)
     folder = run_folder(variant, n_train, seed, args)
-    if records.exists(folder):
-        record = records.load(folder)
-        changed = records.changed_settings(record["settings"], method.config)
-        if changed:
-            raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}); move it away")
+    record = records.finished_run(folder, method.config)
+    if record is not None:
         return record
     clock = records.Clock()
     folder.mkdir(parents=True, exist_ok=True)
