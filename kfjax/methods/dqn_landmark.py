@@ -32,8 +32,8 @@ steps against 1.7 px).
 
 One agent per landmark (Ghesu trains one per landmark): `data.landmark` picks which of the data set's K.
 Inference: the greedy walk (`kfjax.methods.common.actions.greedy_walk`, argmax Q as the policy) from
-an `agent.eval_starts` x `agent.eval_starts` grid of starts (SAC's `start_grid`, so both walk from the same
-pixels) until it revisits a pixel; the estimate is the mean of the final cycle, averaged over the starts. Scores:
+an `agent.eval_starts` x `agent.eval_starts` grid of starts (`common.actions.start_grid`, as SAC: both walk
+from the same pixels) until it revisits a pixel; the estimate is the mean of the final cycle, averaged over the starts. Scores:
 landmark error in mm and in pixels (NaN where the landmark is not visible).
 
     kfjax train dqn_landmark                                              # procedural 32 px images
@@ -56,10 +56,9 @@ from kfjax.config import BaseConfig, BaseDataConfig, BaseModelConfig, OptimConfi
 from kfjax.data.landmarks import LANDMARK_NAMES, PROCEDURAL_NAMES, drr_landmarks, procedural_landmarks
 from kfjax.data.pipeline import ArrayDataset
 from kfjax.errors import ConfigError
-from kfjax.methods.common.actions import action_steps, greedy_walk
+from kfjax.methods.common.actions import action_steps, greedy_walk, start_grid
 from kfjax.methods.common.landmarks import LandmarkInferConfig, LandmarkResult, infer_landmarks
 from kfjax.methods.registry import register
-from kfjax.methods.sac import start_grid
 from kfjax.train.method import Inference, Method, Variables
 from kfjax.train.precision import apply_network
 from kfjax.train.state import TrainState

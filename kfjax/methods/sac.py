@@ -38,7 +38,7 @@ from kfjax.data.landmarks import LANDMARK_NAMES, PROCEDURAL_NAMES, drr_landmarks
 from kfjax.data.pipeline import ArrayDataset
 from kfjax.errors import ConfigError
 from kfjax.methods.common.actions import (boundary_distance, greedy_walk, optimal_action_map, optimal_actions,
-                                          walk_on_map)
+                                          start_grid, walk_on_map)
 from kfjax.methods.common.landmarks import LandmarkInferConfig, LandmarkResult, infer_landmarks
 from kfjax.methods.common.supervised import SupervisedMethod
 from kfjax.methods.registry import register
@@ -134,13 +134,6 @@ def cut_patches(images: jax.Array, owner: jax.Array, positions: jax.Array, size:
         return jax.lax.dynamic_slice(padded[b], (p[0], p[1], jnp.zeros_like(p[0])), (size, size, images.shape[-1]))
 
     return jax.vmap(one)(owner, positions.astype(jnp.int32))
-
-
-def start_grid(size: int, per_axis: int) -> np.ndarray:
-    """`(per_axis², 2)` int32 starts at the centres of a per_axis x per_axis tiling of a size² image (a centre
-    between two pixels goes to the lower one)."""
-    centres = np.floor((np.arange(per_axis) + 0.5) * size / per_axis - 0.5).astype(np.int32)
-    return np.stack(np.meshgrid(centres, centres, indexing="ij"), axis=-1).reshape(-1, 2)
 
 
 @register("sac")

@@ -10,7 +10,8 @@ import pytest
 from kfjax.config import apply_overrides
 from kfjax.errors import ConfigError
 from kfjax.methods.common.actions import optimal_action_map
-from kfjax.methods.sac import SACConfig, SACMethod, cut_patches, start_grid
+from kfjax.methods.common.actions import start_grid
+from kfjax.methods.sac import SACConfig, SACMethod, cut_patches
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step

@@ -174,3 +174,10 @@ def walk_on_map(action_map, starts, max_steps: int) -> jax.Array:
 
     flat = greedy_walk(policy, starts.reshape(batch * n_starts, dims), shape, max_steps)
     return flat.reshape(batch, n_starts, dims).mean(axis=1)
+
+
+def start_grid(size: int, per_axis: int) -> np.ndarray:
+    """`(per_axis², 2)` int32 starts at the centres of a per_axis x per_axis tiling of a size² image (a centre
+    between two pixels goes to the lower one)."""
+    centres = np.floor((np.arange(per_axis) + 0.5) * size / per_axis - 0.5).astype(np.int32)
+    return np.stack(np.meshgrid(centres, centres, indexing="ij"), axis=-1).reshape(-1, 2)
