@@ -1,11 +1,15 @@
-"""Train-step benchmark: the same 2-D U-Net step in kfjax and in PyTorch, side by side in one run.
+"""Train-step benchmark: the same U-Net step in kfjax and in PyTorch, side by side in one run.
 
-U-Net: 4 levels, channels (32, 64, 128, 256), GroupNorm(8), ReLU, two 3x3 convs per level, 2x2 max-pool,
+2-D U-Net: 4 levels, channels (32, 64, 128, 256), GroupNorm(8), ReLU, two 3x3 convs per level, 2x2 max-pool,
 nearest x2 upsample + 3x3 conv (or pixel shuffle), concat skips, 1x1 output conv. Batch 8 of 128x128x1,
 MSE loss, Adam(1e-3). The torch model starts from kfjax's initial weights, so the first losses must agree.
+`--dims 3`: the same U-Net in 3-D (3x3x3 convs), channels (16, 32, 64, 128), batch 2 of 64x64x64x1, nearest
+upsampling; its second kfjax variant computes the 3-D convolutions with XLA's own 3-D convolution instead of
+kfjax's depth-tap sum of 2-D ones (`kfjax.nn.conv3d`).
 
     python benchmarks/train_step.py            # print the tables
     python benchmarks/train_step.py --write    # also replace the train_step section of benchmarks/README.md
+    python benchmarks/train_step.py --dims 3 --write   # the train_step_3d section
 
 The kfjax-vs-torch steps run round-robin (one step of each variant in turn), so on a shared machine every
 variant sees the same load; compare ratios, not absolute times. The data-parallel scaling over 1, 2 and 4
@@ -29,33 +33,52 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 README = Path(__file__).with_name("README.md")
-BEGIN, END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
-CHANNELS, BATCH, SIZE, LR, SEED = (32, 64, 128, 256), 8, 128, 1e-3, 0
+LR, SEED = 1e-3, 0
+SHAPES = {2: dict(channels=(32, 64, 128, 256), batch=8, size=128),  # per number of spatial dimensions
+          3: dict(channels=(16, 32, 64, 128), batch=2, size=64)}
+DIMS = 2  # set from --dims in main() before anything is built
 # kfjax compiles its CPU steps with XLA's YNNPACK convolution fusions off (kfjax.train.step.compiler_options):
 # their weight-gradient convolutions are several times slower than XLA's own (Eigen) ones. The "ynn" variant
 # is the same kfjax step with KFJAX_CPU_YNN=1, i.e. XLA's default, to show what that choice is worth.
 YNN = "ynn"
+XLA3D = "xla-conv3d"  # the 3-D variant with lax.conv_general_dilated in place of kfjax.nn.conv3d
+
+
+def shape(key: str):
+    return SHAPES[DIMS][key]
+
+
+def section() -> str:
+    return "train_step" if DIMS == 2 else "train_step_3d"
 
 
 def make_data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(SEED)
-    x = rng.standard_normal((BATCH, SIZE, SIZE, 1), dtype=np.float32)
-    y = rng.standard_normal((BATCH, SIZE, SIZE, 1), dtype=np.float32)
+    dims = (shape("batch"), *(shape("size"),) * DIMS, 1)
+    x = rng.standard_normal(dims, dtype=np.float32)
+    y = rng.standard_normal(dims, dtype=np.float32)
     return x, y
 
 
-def kfjax_variant(upsample: str, xla_default: bool, x: np.ndarray, y: np.ndarray):
-    """Build and compile the kfjax step: (run_one_step, first_call_s, n_params, numpy init params, loss)."""
+def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
+    """Build and compile the kfjax step: (run_one_step, first_call_s, n_params, numpy init params, loss).
+
+    variant: "" (kfjax as it ships), YNN (XLA's default CPU convolutions) or XLA3D (no depth-tap 3-D convs).
+    """
+    import functools
+
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
     import optax
 
-    from kfjax.nn import UNet
+    from kfjax.nn import UNet, blocks, conv3d
     from kfjax.train.mesh import make_mesh, replicate, shard_batch
     from kfjax.train.state import TrainState
     from kfjax.train.step import make_train_step
 
-    model = UNet(out_channels=1, channels=CHANNELS, norm="group", act="relu", upsample=upsample)
+    model = UNet(out_channels=1, channels=shape("channels"), norm="group", act="relu", upsample=upsample)
+    blocks.Conv = functools.partial(nn.Conv) if variant == XLA3D else conv3d.Conv  # read when the model traces
     params = model.init(jax.random.key(SEED), x[:1])["params"]
     host_params = jax.tree.map(np.asarray, params)
 
@@ -73,7 +96,7 @@ def kfjax_variant(upsample: str, xla_default: bool, x: np.ndarray, y: np.ndarray
     state = TrainState.create(params={"model": params}, tx={"model": optax.adam(LR)}, rng=jax.random.key(SEED))
     holder = {"state": replicate(state, mesh)}
     batch = shard_batch({"x": x, "y": y}, mesh)
-    if xla_default:
+    if variant == YNN:
         os.environ["KFJAX_CPU_YNN"] = "1"
     try:
         train_step = make_train_step(step_fn, mesh)
@@ -82,6 +105,7 @@ def kfjax_variant(upsample: str, xla_default: bool, x: np.ndarray, y: np.ndarray
 
     t0 = time.perf_counter()
     compiled = train_step.lower(holder["state"], batch).compile()
+    blocks.Conv = conv3d.Conv
 
     def run() -> float:
         holder["state"], metrics = compiled(holder["state"], batch)
@@ -97,16 +121,20 @@ def torch_unet(upsample: str):
     import torch
     from torch import nn
 
+    conv_nd = nn.Conv2d if DIMS == 2 else nn.Conv3d
+    max_pool = nn.functional.max_pool2d if DIMS == 2 else nn.functional.max_pool3d
+    channels = shape("channels")
+
     def double(cin: int, cout: int) -> nn.Sequential:  # two ConvNormAct blocks; no conv bias before a norm
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(8, cout, eps=1e-5),
-                             nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        return nn.Sequential(conv_nd(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(8, cout, eps=1e-5),
+                             nn.ReLU(), conv_nd(cout, cout, 3, padding=1, bias=False),
                              nn.GroupNorm(8, cout, eps=1e-5), nn.ReLU())
 
     class Up(nn.Module):
         def __init__(self, cin: int, cout: int):
             super().__init__()
             self.shuffle = upsample == "pixelshuffle"
-            self.conv = nn.Conv2d(cin, cout * 4 if self.shuffle else cout, 3, padding=1)
+            self.conv = conv_nd(cin, cout * 4 if self.shuffle else cout, 3, padding=1)
 
         def forward(self, x):
             if not self.shuffle:
@@ -118,12 +146,12 @@ def torch_unet(upsample: str):
     class UNet(nn.Module):
         def __init__(self):
             super().__init__()
-            ins = (1, *CHANNELS[:-1])
-            self.down = nn.ModuleList(double(i, o) for i, o in zip(ins, CHANNELS))
-            levels = list(reversed(range(len(CHANNELS) - 1)))
-            self.up = nn.ModuleList(Up(CHANNELS[i + 1], CHANNELS[i]) for i in levels)
-            self.dec = nn.ModuleList(double(2 * CHANNELS[i], CHANNELS[i]) for i in levels)
-            self.out = nn.Conv2d(CHANNELS[0], 1, 1)
+            ins = (1, *channels[:-1])
+            self.down = nn.ModuleList(double(i, o) for i, o in zip(ins, channels))
+            levels = list(reversed(range(len(channels) - 1)))
+            self.up = nn.ModuleList(Up(channels[i + 1], channels[i]) for i in levels)
+            self.dec = nn.ModuleList(double(2 * channels[i], channels[i]) for i in levels)
+            self.out = conv_nd(channels[0], 1, 1)
 
         def forward(self, x):
             skips = []
@@ -131,7 +159,7 @@ def torch_unet(upsample: str):
                 x = block(x)
                 if i < len(self.down) - 1:
                     skips.append(x)
-                    x = nn.functional.max_pool2d(x, 2)
+                    x = max_pool(x, 2)
             for up, block, skip in zip(self.up, self.dec, reversed(skips)):
                 x = block(torch.cat([up(x), skip], dim=1))
             return self.out(x)
@@ -140,14 +168,14 @@ def torch_unet(upsample: str):
 
 
 def load_kfjax_params(model, params) -> None:
-    """Copy kfjax's (Flax) initial parameters into the torch model (HWIO kernels -> OIHW)."""
+    """Copy kfjax's (Flax) initial parameters into the torch model ((D)HWIO kernels -> OI(D)HW)."""
     import torch
 
     def tensor(a):
         return torch.from_numpy(np.array(a))  # a writable, contiguous copy
 
     def conv(m, p):
-        m.weight.data.copy_(tensor(p["kernel"].transpose(3, 2, 0, 1)))
+        m.weight.data.copy_(tensor(p["kernel"].transpose(DIMS + 1, DIMS, *range(DIMS))))
         if "bias" in p:
             m.bias.data.copy_(tensor(p["bias"]))
 
@@ -172,7 +200,7 @@ def torch_variant(upsample: str, params, x: np.ndarray, y: np.ndarray):
     model = torch_unet(upsample)
     load_kfjax_params(model, params)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
-    xt, yt = (torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))) for a in (x, y))
+    xt, yt = (torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))) for a in (x, y))
 
     def run() -> float:
         opt.zero_grad(set_to_none=True)
@@ -209,8 +237,8 @@ def jax_only(args) -> None:
     assert jax.device_count() == args.devices, jax.devices()
     x, y = make_data()
     variants, out = {}, {"devices": args.devices}
-    for name, xla_default in (("kfjax", False), (f"kfjax {YNN}", True)):
-        variants[name], out[f"{name} first"], *_ = kfjax_variant("nearest", xla_default, x, y)
+    for name, variant in (("kfjax", ""), (f"kfjax {YNN}", YNN)):
+        variants[name], out[f"{name} first"], *_ = kfjax_variant("nearest", variant, x, y)
     for name, times in measure(variants, args.warmup, args.scale_steps).items():
         out[name] = float(np.median(times))
     print(json.dumps(out))
@@ -246,12 +274,12 @@ def report(args, results, rows, threads, losses) -> str:
         ratio = med / torch_med[name.split()[-1]]
         out.append(f"| {name} | {r['first']:.1f} | {med:.2f} | {1 / med:.3f} | {ratio:.2f} |")
     if rows:
-        out += ["", f"kfjax step (nearest) over fake CPU devices, global batch {BATCH}, one process per row, "
+        out += ["", f"kfjax step (nearest) over fake CPU devices, global batch {shape('batch')}, one process per row, "
                 "both variants round-robin:", "",
                 "| fake CPU devices | per-device batch | kfjax: s/step | steps/s | kfjax ynn: s/step | steps/s "
                 "| first call, s (kfjax / ynn) |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
-            out.append(f"| {r['devices']} | {BATCH // r['devices']} | {r['kfjax']:.2f} | {1 / r['kfjax']:.3f} | "
+            out.append(f"| {r['devices']} | {shape('batch') // r['devices']} | {r['kfjax']:.2f} | {1 / r['kfjax']:.3f} | "
                        f"{r[f'kfjax {YNN}']:.2f} | {1 / r[f'kfjax {YNN}']:.3f} | "
                        f"{r['kfjax first']:.1f} / {r[f'kfjax {YNN} first']:.1f} |")
     command = " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])
@@ -267,22 +295,27 @@ def report(args, results, rows, threads, losses) -> str:
             f"weights: first-step loss {losses}",
             "- kfjax = the step as `make_train_step` compiles it (on CPU: XLA option "
             "`xla_cpu_experimental_ynn_fusion_type=''`, YNNPACK convolution fusions off); kfjax ynn = the same "
-            "step with `KFJAX_CPU_YNN=1`, XLA's default convolutions"]
+            "step with `KFJAX_CPU_YNN=1`, XLA's default convolutions" if DIMS == 2 else
+            f"- shapes: channels {shape('channels')}, batch {shape('batch')} of {shape('size')}^3 x 1; kfjax = "
+            "the step as `make_train_step` compiles it, 3-D convolutions as depth-tap sums of 2-D ones "
+            f"(`kfjax.nn.conv3d`); kfjax {XLA3D} = the same step with XLA's own 3-D convolution"]
     return "\n".join(out)
 
 
 def write_readme(text: str) -> None:
     old = README.read_text() if README.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+    begin, end = f"<!-- {section()}:begin -->", f"<!-- {section()}:end -->"
+    text = f"{begin}\n{text}\n{end}"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + text + old[old.index(end) + len(end):]
     else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
     README.write_text(new)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dims", type=int, default=2, choices=[2, 3], help="2-D (default) or 3-D U-Net")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first call (default 1)")
     p.add_argument("--scale-steps", type=int, default=5, help="timed steps per device count (default 5)")
@@ -292,6 +325,10 @@ def main() -> None:
     p.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
+    global DIMS
+    DIMS = args.dims
+    if DIMS == 3:  # torch has no 3-D pixel shuffle; the fake-device rows are the 2-D benchmark's
+        args.upsample, args.no_scaling = ["nearest"], True
     sys.path.insert(0, str(ROOT))
     if args.jax_only:
         return jax_only(args)
@@ -305,8 +342,9 @@ def main() -> None:
     x, y = make_data()
     variants, results, losses = {}, {}, {}
     for up in args.upsample:
-        for name, xla_default in ((f"kfjax {up}", False), (f"kfjax {YNN} {up}", True)):
-            run, first, n_jax, params, loss = kfjax_variant(up, xla_default, x, y)
+        other = YNN if DIMS == 2 else XLA3D
+        for name, variant in ((f"kfjax {up}", ""), (f"kfjax {other} {up}", other)):
+            run, first, n_jax, params, loss = kfjax_variant(up, variant, x, y)
             variants[name], results[name] = run, {"first": first}
             losses[name] = loss
             print(f"{name}: first call {first:.1f} s", flush=True)
@@ -318,7 +356,7 @@ def main() -> None:
     for name, times in measure(variants, args.warmup, args.steps).items():
         results[name]["times"] = times
     rows = [] if args.no_scaling else scaling(args)
-    loss_text = ", ".join(f"{k} {v:.5f}" for k, v in losses.items() if YNN not in k)
+    loss_text = ", ".join(f"{k} {v:.5f}" for k, v in losses.items() if YNN not in k and XLA3D not in k)
     text = report(args, results, rows, threads, loss_text)
     print(text)
     if args.write:

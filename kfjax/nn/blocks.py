@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kfjax.nn.conv3d import Conv
+
 NORMS = ("batch", "group", "instance", "layer", "none")
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -94,7 +96,7 @@ class ConvNormAct(nn.Module):
         if self.padding != "zeros" and self.strides != 1:
             raise ValueError(f"padding {self.padding!r} needs stride 1, got {self.strides}")
         x, pads = conv_padding(x, self.kernel_size, self.padding)
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (self.kernel_size,) * dims,
             strides=(self.strides,) * dims,
@@ -162,7 +164,7 @@ class Upsample(nn.Module):
         dims = x.ndim - 2
         if self.mode == "pixelshuffle":
             x, pads = conv_padding(x, 3, self.padding)
-            x = nn.Conv(self.features * 2**dims, (3,) * dims, padding=pads)(x)
+            x = Conv(self.features * 2**dims, (3,) * dims, padding=pads)(x)
             return pixel_shuffle(x, 2)
         if self.mode == "nearest":
             x = upsample_nearest(x, 2)
@@ -172,7 +174,7 @@ class Upsample(nn.Module):
         else:
             raise ValueError(f"unknown upsample mode {self.mode!r}; choose nearest, linear or pixelshuffle")
         x, pads = conv_padding(x, 3, self.padding)
-        return nn.Conv(self.features, (3,) * dims, padding=pads)(x)
+        return Conv(self.features, (3,) * dims, padding=pads)(x)
 
 
 def max_pool(x: jax.Array, factor: int = 2) -> jax.Array:

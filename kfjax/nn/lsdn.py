@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kfjax.errors import ConfigError
+from kfjax.nn.conv3d import Conv
 
 __all__ = ["VARIANTS", "ACTIVATIONS", "LSDN", "check_network", "param_count", "multiplies", "matched_width",
            "compress"]
@@ -59,7 +60,7 @@ class LSDN(nn.Module):
     def setup(self):
         check_network(self.variant, tuple(self.hidden), self.spatial_dims, self.kernel, self.activation)
         n1 = self.hidden[0]
-        self.feature = nn.Conv(n1, (self.kernel,) * self.spatial_dims, padding="SAME", name="feature")
+        self.feature = Conv(n1, (self.kernel,) * self.spatial_dims, padding="SAME", name="feature")
         if self.variant != "blind":  # a 1x1 convolution on the coordinates; cdn shares the feature bias
             self.spatial = nn.Dense(n1, use_bias=self.variant == "lsdn", name="spatial")
         self.layers = [nn.Dense(n, name=f"dense_{i}") for i, n in enumerate(self.hidden[1:])]

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kfjax.nn.blocks import upsample_nearest
+from kfjax.nn.conv3d import conv_general_dilated
 
 MODES = ("independent", "shared", "universal")
 DOMAIN_PREFIX = "domain_"  # parameter names of domain-specific (stacked) parameters start with this
@@ -53,8 +54,7 @@ def _conv(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
     dims = x.ndim - 2
     numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("N" + "DHW"[-dims:] + "C",
                                                                      "DHW"[-dims:] + "IO", "N" + "DHW"[-dims:] + "C"))
-    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (strides,) * dims, "SAME",
-                                        dimension_numbers=numbers)
+    return conv_general_dilated(x, kernel.astype(x.dtype), (strides,) * dims, "SAME", dimension_numbers=numbers)
 
 
 def _depthwise(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -232,12 +232,12 @@ def test_volume_validation():
 
 
 def test_load_volume_unsupported_and_missing(tmp_path):
-    path = tmp_path / "image.png"
-    path.write_bytes(b"\x89PNG\r\n")
+    path = tmp_path / "image.tif"
+    path.write_bytes(b"II*\x00")
     with pytest.raises(InputError) as exc:
         load_volume(path)
-    _assert_one_line_naming(exc, "image.png")
-    assert ".nii.gz" in str(exc.value)
+    _assert_one_line_naming(exc, "image.tif")
+    assert ".nii.gz" in str(exc.value) and ".png" in str(exc.value)
     with pytest.raises(InputError) as exc:
         load_volume(tmp_path / "nowhere")
     _assert_one_line_naming(exc, "nowhere")

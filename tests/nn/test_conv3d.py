@@ -8,9 +8,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kfjax.nn.conv3d import conv_general_dilated
+from kfjax.nn import conv3d
+from kfjax.nn.conv3d import Conv, conv_general_dilated
 
 DN = ("NDHWC", "DHWIO", "NDHWC")
+
+
+@pytest.fixture(autouse=True)
+def depth_taps_at_every_size(monkeypatch):
+    """The small inputs here take the depth-tap path (by default it starts at MIN_DEPTH_TAP_MACS)."""
+    monkeypatch.setattr(conv3d, "MIN_DEPTH_TAP_MACS", 0)
+
+
+def _conv_ranks(fn, *args) -> list[int]:
+    """Number of spatial dimensions of every convolution in fn's jaxpr."""
+    eqns = jax.make_jaxpr(fn)(*args).eqns
+    return [e.invars[0].aval.ndim - 2 for e in eqns if e.primitive.name == "conv_general_dilated"]
 
 
 @pytest.mark.parametrize("kernel,strides,padding,groups", [
@@ -40,7 +53,7 @@ def test_equals_lax_3d_convolution_and_its_gradients(kernel, strides, padding, g
 
 def test_flax_conv_keeps_its_parameters_and_2d_inputs_pass_through():
     x = jnp.ones((1, 8, 8, 8, 2))
-    plain, fast = nn.Conv(3, (3, 3, 3)), nn.Conv(3, (3, 3, 3), conv_general_dilated=conv_general_dilated)
+    plain, fast = nn.Conv(3, (3, 3, 3)), Conv(3, (3, 3, 3))
     params = plain.init(jax.random.PRNGKey(0), x)
     assert jax.tree.structure(params) == jax.tree.structure(fast.init(jax.random.PRNGKey(0), x))
     np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
@@ -49,3 +62,16 @@ def test_flax_conv_keeps_its_parameters_and_2d_inputs_pass_through():
     np.testing.assert_array_equal(conv_general_dilated(x2, k2, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
                                   jax.lax.conv_general_dilated(x2, k2, (1, 1), "SAME",
                                                                dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+
+def test_small_convolutions_stay_3d_and_large_ones_become_depth_taps(monkeypatch):
+    monkeypatch.setattr(conv3d, "MIN_DEPTH_TAP_MACS", 10**6)
+    w = jnp.ones((3, 3, 3, 4, 4))
+
+    def conv(x):
+        return conv_general_dilated(x, w, (1, 1, 1), "SAME", dimension_numbers=DN)
+
+    small = jnp.ones((1, 8, 8, 8, 4))  # 512 voxels x 432 MACs = 2.2e5 multiply-adds
+    large = jnp.ones((1, 16, 16, 16, 4))  # 4096 x 432 = 1.8e6
+    assert _conv_ranks(conv, small) == [3]
+    assert _conv_ranks(conv, large) == [2, 2, 2]
