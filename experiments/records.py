@@ -236,6 +236,18 @@ def finished_run(folder: str | Path, config: Any) -> dict[str, Any] | None:
     return record
 
 
+def train_to_end(method, workdir: str | Path, label: str) -> tuple[Any, float]:
+    """(final TrainState, wall seconds incl. compilation) of training `method` in `workdir`, resuming its
+    checkpoint if there is one; stops the script when the training was interrupted."""
+    from kfjax.train.loop import train
+
+    start = time.perf_counter()
+    result = train(method, workdir, progress=False, evaluate_at_end=False)
+    if result.status != "completed":
+        raise SystemExit(f"{label} was interrupted; run the same command to resume")
+    return result.state, time.perf_counter() - start
+
+
 def distinct(records: Iterable[Mapping[str, Any]], path: str | Any) -> list[Any]:
     """The distinct values of `path` (a dotted path, or a function of a record) over `records`, in the
     order first seen; lists/dicts compare by value."""

@@ -152,7 +152,7 @@ def run_one(variant: str, seed: int, args) -> dict:
     import jax
 
     from kfjax.config import to_dict
-    from kfjax.train.loop import evaluate, train
+    from kfjax.train.loop import evaluate
 
     folder = run_folder(variant, seed, args)
     method = build(variant, seed, args)
@@ -164,11 +164,7 @@ def run_one(variant: str, seed: int, args) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     timings, state = {}, None
     if method.trainable:
-        start = time.perf_counter()
-        result = train(method, folder / "work", progress=False, evaluate_at_end=False)
-        if result.status != "completed":
-            raise SystemExit(f"{variant} seed {seed} was interrupted; run the same command to resume")
-        state, timings["train_s"] = result.state, time.perf_counter() - start
+        state, timings["train_s"] = records.train_to_end(method, folder / "work", f"{variant} seed {seed}")
     start = time.perf_counter()
     metrics = evaluate(method, state, split="test")
     timings["eval_s"] = time.perf_counter() - start

@@ -120,7 +120,6 @@ def run_one(variant: str, n_train: int, seed: int, args) -> dict:
     import jax
 
     from kfjax.config import to_dict
-    from kfjax.train.loop import train
 
     method = build(variant, n_train, seed, args)
     folder = run_folder(variant, n_train, seed, args)
@@ -129,16 +128,13 @@ def run_one(variant: str, n_train: int, seed: int, args) -> dict:
         return record
     clock = records.Clock()
     folder.mkdir(parents=True, exist_ok=True)
+    state, train_s = records.train_to_end(method, folder / "work", f"{variant} n={n_train} seed {seed}")
+    timings = {"train_s": train_s}
     start = time.perf_counter()
-    result = train(method, folder / "work", progress=False, evaluate_at_end=False)
-    if result.status != "completed":
-        raise SystemExit(f"{variant} n={n_train} seed {seed} was interrupted; run the same command to resume")
-    timings = {"train_s": time.perf_counter() - start}
-    start = time.perf_counter()
-    scores = case_scores(method, result.state)
+    scores = case_scores(method, state)
     metrics = summary(scores)
     if not args.no_real:
-        metrics |= real_scores(method, result.state)
+        metrics |= real_scores(method, state)
     timings["eval_s"] = time.perf_counter() - start
     np.savez_compressed(folder / "panel.npz", cases=scores["panel_cases"], pred=scores["panel"])
     per_case = {k: scores[k].tolist() for k in ("dice", "asd", "hd95", "missing")}

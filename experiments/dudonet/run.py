@@ -115,7 +115,7 @@ def run_one(variant: str, seed: int, args) -> dict:
     """Train one (variant, seed), score it on the test split, save its record; reuse a finished record."""
     from kfjax.config import to_dict
     from kfjax.methods import registry
-    from kfjax.train.loop import evaluate, train
+    from kfjax.train.loop import evaluate
 
     folder = run_folder(variant, seed, args)
     method = registry.build("dudonet", overrides=overrides(variant, seed, args))
@@ -126,13 +126,9 @@ def run_one(variant: str, seed: int, args) -> dict:
         return record
     clock = records.Clock()
     resumed = (folder / "work" / "checkpoints").is_dir() and any((folder / "work" / "checkpoints").iterdir())
+    state, train_s = records.train_to_end(method, folder / "work", f"{variant} seed {seed}")
     start = time.perf_counter()
-    result = train(method, folder / "work", progress=False, evaluate_at_end=False)
-    train_s = time.perf_counter() - start
-    if result.status != "completed":
-        raise SystemExit(f"{variant} seed {seed} was interrupted; run the same command to resume")
-    start = time.perf_counter()
-    metrics = evaluate(method, result.state, split="test")
+    metrics = evaluate(method, state, split="test")
     eval_s = time.perf_counter() - start
     record = records.make(method="dudonet", variant=variant, seed=seed, settings=settings, metrics=metrics,
                           clock=clock, timings={"train_s": train_s, "eval_s": eval_s},

@@ -106,12 +106,7 @@ def predict_all(method, state, data) -> tuple[np.ndarray, float]:
 
 
 def train_one(method, workdir: Path):
-    from kfjax.train.loop import train
-
-    result = train(method, workdir, progress=False, evaluate_at_end=False)
-    if result.status != "completed":
-        raise SystemExit(f"{workdir} was interrupted; run the same command to resume")
-    return result.state
+    return records.train_to_end(method, workdir, str(workdir))[0]
 
 
 def run_method(name: str, seed: int, args) -> dict:

@@ -108,43 +108,30 @@ def _cost(method, widths) -> dict:
             "mults_first": mult["first_layer"], "mults_total": mult["total"], "flops": 2 * mult["total"]}
 
 
-def _reuse(folder: Path, config) -> dict | None:
-    if not records.exists(folder):
-        return None
-    record = records.load(folder)
-    changed = records.changed_settings(record["settings"], config)
-    if changed:
-        raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}); move it away")
-    return record
-
-
 def run_trained(variant: str, seed: int, args) -> dict:
     """Train one variant with one seed (or reuse its record); test scores, cost, speed, panel."""
     import jax
 
     from kfjax.config import to_dict
-    from kfjax.train.loop import evaluate, train
+    from kfjax.train.loop import evaluate
 
     method = build(variant, seed, args)
     folder = run_folder(variant, seed, args)
-    record = _reuse(folder, method.config)
+    record = records.finished_run(folder, method.config)
     if record is not None:
         return _with_train_scores(record, method, folder)
     clock = records.Clock()
     folder.mkdir(parents=True, exist_ok=True)
+    state, train_s = records.train_to_end(method, folder / "work", f"{variant} seed {seed}")
+    timings = {"train_s": train_s}
     start = time.perf_counter()
-    result = train(method, folder / "work", progress=False, evaluate_at_end=False)
-    if result.status != "completed":
-        raise SystemExit(f"{variant} seed {seed} was interrupted; run the same command to resume")
-    timings = {"train_s": time.perf_counter() - start}
-    start = time.perf_counter()
-    metrics = evaluate(method, result.state, split="test")
+    metrics = evaluate(method, state, split="test")
     timings["eval_s"] = time.perf_counter() - start
     test = method.dataset("test")
     speed_batch = test[np.arange(min(8, len(test)))]
     metrics |= _cost(method, method.widths) | method.param_counts()
-    metrics["voxels_per_s"] = voxels_per_second(method.model, result.state.params["model"], speed_batch)
-    cases = _panel(method, result.state, folder)
+    metrics["voxels_per_s"] = voxels_per_second(method.model, state.params["model"], speed_batch)
+    cases = _panel(method, state, folder)
     data = {"n_train": len(method.dataset("train")), "n_test": len(test),
             "speed_batch": list(speed_batch["source"].shape)}
     record = records.make(method="lsdn", variant=variant, seed=seed, settings=to_dict(method.config), metrics=metrics,

@@ -64,7 +64,7 @@ def run_trained(variant: str, seed: int, args) -> dict:
     import jax
 
     from kfjax.config import to_dict
-    from kfjax.train.loop import evaluate, train
+    from kfjax.train.loop import evaluate
 
     method = build(variant, seed, args)
     folder = run_root(args) / f"{variant}-s{seed}"
@@ -73,18 +73,15 @@ def run_trained(variant: str, seed: int, args) -> dict:
         return record
     clock = records.Clock()
     folder.mkdir(parents=True, exist_ok=True)
+    state, train_s = records.train_to_end(method, folder / "work", f"{variant} seed {seed}")
+    timings = {"train_s": train_s}
     start = time.perf_counter()
-    result = train(method, folder / "work", progress=False, evaluate_at_end=False)
-    if result.status != "completed":
-        raise SystemExit(f"{variant} seed {seed} was interrupted; run the same command to resume")
-    timings = {"train_s": time.perf_counter() - start}
-    start = time.perf_counter()
-    metrics = evaluate(method, result.state, split="test")
+    metrics = evaluate(method, state, split="test")
     timings["eval_s"] = time.perf_counter() - start
     metrics["params"] = method.parameter_count()
     test = method.dataset("test")
     cases = [c for c in PANEL_CASES if c < len(test)]
-    out = jax.jit(method.predict)(result.state, test[np.asarray(cases)])
+    out = jax.jit(method.predict)(state, test[np.asarray(cases)])
     np.savez(folder / "panel.npz", **{k: np.asarray(v) for k, v in out.items() if k != "heatmaps"})
     record = records.make(method="mtl_view_landmark", variant=variant, seed=seed, settings=to_dict(method.config),
                           metrics=metrics, clock=clock, timings=timings, panel_cases=cases,

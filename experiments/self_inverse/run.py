@@ -156,7 +156,6 @@ def run_one(variant: str, seed: int, args, test) -> dict:
     import jax
 
     from kfjax.config import to_dict
-    from kfjax.train.loop import train
 
     folder = run_folder(variant, seed, args)
     method = build(variant, seed, args)
@@ -165,15 +164,12 @@ def run_one(variant: str, seed: int, args, test) -> dict:
         return record
     clock = records.Clock()
     folder.mkdir(parents=True, exist_ok=True)
+    state, train_s = records.train_to_end(method, folder / "work", f"{variant} seed {seed}")
+    timings = {"train_s": train_s}
     start = time.perf_counter()
-    result = train(method, folder / "work", progress=False, evaluate_at_end=False)
-    if result.status != "completed":
-        raise SystemExit(f"{variant} seed {seed} was interrupted; run the same command to resume")
-    timings = {"train_s": time.perf_counter() - start}
-    start = time.perf_counter()
-    metrics, panel = score(translators(variant, method, result.state), test)
+    metrics, panel = score(translators(variant, method, state), test)
     timings["eval_s"] = time.perf_counter() - start
-    metrics["generator_params"] = n_generator_params(result.state)
+    metrics["generator_params"] = n_generator_params(state)
     np.save(folder / "panel.npy", np.stack([panel.get(d, np.full_like(next(iter(panel.values())), np.nan))
                                             for d in ("ab", "ba")]))
     data = {"n_test": len(test), "n_train": len(method.dataset("train"))}

@@ -56,16 +56,6 @@ def build(mode: str, seed: int, args, steps: int, extra=()):
     return registry.build("u2net", overrides=overrides(mode, seed, args, steps, extra))
 
 
-def _reuse(folder: Path, config) -> dict | None:
-    if not records.exists(folder):
-        return None
-    record = records.load(folder)
-    changed = records.changed_settings(record["settings"], config)
-    if changed:
-        raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}); move it away")
-    return record
-
-
 def _panel(method, state, folder: Path) -> None:
     """Middle slices (image channel 0, label, prediction) of the first test patch of every domain."""
     import jax
@@ -94,24 +84,21 @@ def run_mode(mode: str, seed: int, args) -> dict:
     import jax
 
     from kfjax.config import to_dict
-    from kfjax.train.loop import evaluate, train
+    from kfjax.train.loop import evaluate
 
     method = build(mode, seed, args, args.steps)
     folder = run_root(args) / f"{mode}-s{seed}"
-    record = _reuse(folder, method.config)
+    record = records.finished_run(folder, method.config)
     if record is not None:
         return record
     clock = records.Clock()
     folder.mkdir(parents=True, exist_ok=True)
+    state, train_s = records.train_to_end(method, folder / "work", f"{mode} seed {seed}")
+    timings = {"train_s": train_s}
     start = time.perf_counter()
-    result = train(method, folder / "work", progress=False, evaluate_at_end=False)
-    if result.status != "completed":
-        raise SystemExit(f"{mode} seed {seed} was interrupted; run the same command to resume")
-    timings = {"train_s": time.perf_counter() - start}
-    start = time.perf_counter()
-    metrics = evaluate(method, result.state, split="test") | _counts(method)
+    metrics = evaluate(method, state, split="test") | _counts(method)
     timings["eval_s"] = time.perf_counter() - start
-    _panel(method, result.state, folder)
+    _panel(method, state, folder)
     data = {"n_train_per_domain": args.n_train, "n_test_per_domain": args.n_val,
             "domains": [d.name for d in method.domains]}
     record = records.make(method="u2net", variant=mode, seed=seed, settings=to_dict(method.config), metrics=metrics,
@@ -128,14 +115,14 @@ def run_add_domain(seed: int, args) -> dict:
 
     from kfjax.config import to_dict
     from kfjax.data.domains import DEFAULT_DOMAINS, NEW_DOMAIN
-    from kfjax.train.loop import evaluate, restore_for_eval, train
+    from kfjax.train.loop import evaluate, restore_for_eval
 
     run_mode("universal", seed, args)
     base_dir = run_root(args) / f"universal-s{seed}" / "work"
     domains = ",".join((*DEFAULT_DOMAINS, NEW_DOMAIN))
     method = build("universal", seed, args, args.add_steps, [f"data.domains={domains}", f"train.add_domain={base_dir}"])
     folder = run_root(args) / f"{ADD}-s{seed}-steps{args.add_steps}"
-    record = _reuse(folder, method.config)
+    record = records.finished_run(folder, method.config)
     if record is not None:
         return record
     clock = records.Clock()
@@ -145,13 +132,12 @@ def run_add_domain(seed: int, args) -> dict:
     test = method.dataset("test")
     old = test[np.flatnonzero(test.arrays["domain"] < len(DEFAULT_DOMAINS))]
     before = np.asarray(jax.jit(base.logits)(base_state, old))
-    start = time.perf_counter()
-    result = train(method, folder / "work", progress=False, evaluate_at_end=False)
-    timings = {"train_s": time.perf_counter() - start}
-    after = np.asarray(jax.jit(method.logits)(result.state.for_evaluation(), old))
-    metrics = evaluate(method, result.state, split="test") | _counts(method)
+    state, train_s = records.train_to_end(method, folder / "work", f"{ADD} seed {seed}")
+    timings = {"train_s": train_s}
+    after = np.asarray(jax.jit(method.logits)(state.for_evaluation(), old))
+    metrics = evaluate(method, state, split="test") | _counts(method)
     metrics["old_logits_bitwise_equal"] = float(np.array_equal(before, after))
-    _panel(method, result.state, folder)
+    _panel(method, state, folder)
     record = records.make(method="u2net", variant=ADD, seed=seed, settings=to_dict(method.config), metrics=metrics,
                           clock=clock, timings=timings, data={"base": str(base_dir.relative_to(run_root(args)))})
     records.save(record, folder)
