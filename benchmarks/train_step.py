@@ -65,8 +65,6 @@ def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
 
     variant: "" (kfjax as it ships), YNN (XLA's default CPU convolutions) or XLA3D (no depth-tap 3-D convs).
     """
-    import functools
-
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -78,7 +76,7 @@ def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
     from kfjax.train.step import make_train_step
 
     model = UNet(out_channels=1, channels=shape("channels"), norm="group", act="relu", upsample=upsample)
-    blocks.Conv = functools.partial(nn.Conv) if variant == XLA3D else conv3d.Conv  # read when the model traces
+    blocks.Conv = nn.Conv if variant == XLA3D else conv3d.Conv  # read when the model traces
     params = model.init(jax.random.key(SEED), x[:1])["params"]
     host_params = jax.tree.map(np.asarray, params)
 

@@ -53,8 +53,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if any(lo < 0 or hi < 0 for lo, hi in padding):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
     depth_stride, taps = window_strides[0], rhs.shape[0]
+    windows = [(k - 1) * r + 1 for k, r in zip(rhs.shape[:3], rhs_dilation)]
     out_voxels = lhs.shape[0] * np.prod([(n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
-                                         zip(lhs.shape[1:4], padding, rhs.shape[:3], window_strides)])
+                                         zip(lhs.shape[1:4], padding, windows, window_strides)])
     if out_voxels * np.prod(rhs.shape) < MIN_DEPTH_TAP_MACS:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
     x = jax.numpy.pad(lhs, ((0, 0), padding[0], (0, 0), (0, 0), (0, 0)))
