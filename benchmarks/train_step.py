@@ -61,7 +61,8 @@ def make_data() -> tuple[np.ndarray, np.ndarray]:
 
 
 def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
-    """Build and compile the kfjax step: (run_one_step, first_call_s, n_params, numpy init params, loss).
+    """Build and compile the kfjax step: (run_one_step, first_call_s, n_params, numpy init params, loss,
+    XLA temp bytes per sample).
 
     variant: "" (kfjax as it ships), YNN (XLA's default CPU convolutions) or XLA3D (no depth-tap 3-D convs).
     """
@@ -111,7 +112,10 @@ def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
         return float(metrics["loss"])
 
     loss = run()
-    return run, time.perf_counter() - t0, sum(p.size for p in jax.tree.leaves(params)), host_params, loss
+    first = time.perf_counter() - t0
+    memory = compiled.memory_analysis()  # None where the backend does not report it
+    temp = memory.temp_size_in_bytes / shape("batch") if memory is not None else float("nan")
+    return run, first, sum(p.size for p in jax.tree.leaves(params)), host_params, loss, temp
 
 
 def torch_unet(upsample: str):
@@ -265,12 +269,13 @@ def report(args, results, rows, threads, losses) -> str:
     import torch
 
     torch_med = {up: np.median(results[f"torch {up}"]["times"]) for up in args.upsample}
-    out = ["| variant | first call, s (incl. compile) | median step, s | steps/s | time / torch's |",
-           "| --- | ---: | ---: | ---: | ---: |"]
+    out = ["| variant | first call, s (incl. compile) | median step, s | steps/s | time / torch's "
+           "| XLA temp memory, MiB per sample |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
         med = float(np.median(r["times"]))
         ratio = med / torch_med[name.split()[-1]]
-        out.append(f"| {name} | {r['first']:.1f} | {med:.2f} | {1 / med:.3f} | {ratio:.2f} |")
+        temp = f"{r['temp'] / 2**20:.0f}" if "temp" in r else "-"
+        out.append(f"| {name} | {r['first']:.1f} | {med:.2f} | {1 / med:.3f} | {ratio:.2f} | {temp} |")
     if rows:
         out += ["", f"kfjax step (nearest) over fake CPU devices, global batch {shape('batch')}, one process per row, "
                 "both variants round-robin:", "",
@@ -342,8 +347,8 @@ def main() -> None:
     for up in args.upsample:
         other = YNN if DIMS == 2 else XLA3D
         for name, variant in ((f"kfjax {up}", ""), (f"kfjax {other} {up}", other)):
-            run, first, n_jax, params, loss = kfjax_variant(up, variant, x, y)
-            variants[name], results[name] = run, {"first": first}
+            run, first, n_jax, params, loss, temp = kfjax_variant(up, variant, x, y)
+            variants[name], results[name] = run, {"first": first, "temp": temp}
             losses[name] = loss
             print(f"{name}: first call {first:.1f} s", flush=True)
         run, first, n_torch, loss = torch_variant(up, params, x, y)
