@@ -5,7 +5,8 @@ Inputs are NIfTI files, DICOM series or PNG images: `--input FILE` for a method 
 (`--set infer.KEY=VALUE`); `--metal-threshold HU` is `--set infer.metal_threshold=HU`. The output is NIfTI
 for a method whose `Inference.output` is "volume"; for "landmarks" it is `--out FILE.json` (names, pixel,
 voxel and world coordinates) plus an overlay `FILE.png` next to it
-(`kfjax.methods.common.landmarks.write_landmarks`). Every file is written under a temporary name and
+(`kfjax.methods.common.landmarks.write_landmarks`); for "images" it is `--out DIR`, a folder the result's
+`write(DIR)` fills (created if missing). Every file is written under a temporary name and
 renamed, so a failed run leaves nothing behind.
 """
 
@@ -26,7 +27,8 @@ def add_parser(sub) -> None:
     inf.add_argument("--workdir", "--checkpoint", required=True, help="folder of the trained run")
     inf.add_argument("--input", required=True, action="append", metavar="FILE|NAME=FILE",
                      help="input volume; NAME=FILE once per input for a method with several inputs")
-    inf.add_argument("--out", required=True, help="output .nii or .nii.gz; landmark methods: .json (+ overlay .png)")
+    inf.add_argument("--out", required=True,
+                     help="output .nii or .nii.gz; landmark methods: .json (+ overlay .png); image methods: a folder")
     inf.add_argument("--set", nargs="*", default=[], metavar="infer.KEY=VALUE",
                      help="inference settings, e.g. infer.metal_threshold=3000 (only infer.* can change)")
     inf.add_argument("--metal-threshold", type=float,
@@ -117,11 +119,14 @@ def run(args) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"output folder '{out.parent}' does not exist; create it or choose another --out")
-    landmarks = cls.inference.output == "landmarks"
-    if landmarks and out.suffix.lower() != ".json":
+    landmarks, images = cls.inference.output == "landmarks", cls.inference.output == "images"
+    if images:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out '{out}' is a file; '{args.method}' writes several images: give a folder")
+    elif landmarks and out.suffix.lower() != ".json":
         raise InputError(f"--out '{out}' must end in .json: '{args.method}' writes landmarks as JSON "
                          "(and an overlay PNG next to it)")
-    if not landmarks and not out.name.endswith((".nii", ".nii.gz")):
+    elif not landmarks and not out.name.endswith((".nii", ".nii.gz")):
         raise InputError(f"--out '{out}' must end in .nii or .nii.gz")
 
     method = registry.from_workdir(args.method, args.workdir, overrides)
@@ -131,6 +136,10 @@ def run(args) -> int:
         check_finite(volumes[name].array, f"input '{path}'")
     state = restore_for_eval(method, args.workdir)
     result = method.infer(state, volumes, progress=not args.no_progress)
+    if images:
+        written = result.write(out)
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        return 0
     if landmarks:
         from kfjax.methods.common.landmarks import write_landmarks
 

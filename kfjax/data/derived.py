@@ -25,6 +25,7 @@ from kfjax.data import domains as _domains  # noqa: F401  (registers u2net-ct)
 from kfjax.data import landmarks as _landmarks  # noqa: F401  (registers drr-landmarks)
 from kfjax.data import mar as _mar  # noqa: F401  (registers mar-ct and mar-phantom)
 from kfjax.data import organs3d as _organs3d  # noqa: F401  (registers organs3d and chest-ct-liver)
+from kfjax.data import xray_decomposition as _xray  # noqa: F401  (registers xray-decomposition)
 from kfjax.data.cache import DERIVED, DerivedSet, build, cached_builds, derived_dir, get_derived, register
 from kfjax.data.ct import chest_ct_structures, ct_slices
 from kfjax.data.mr import CONTRASTS, mr_slices, mr_t1t2

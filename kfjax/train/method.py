@@ -54,7 +54,8 @@ class Inference:
     """`kfjax infer NAME` applies: the named inputs (each a NIfTI/DICOM volume) and what comes out."""
 
     inputs: tuple[str, ...] = ("volume",)  # `--input FILE` for one input, `--input NAME=FILE` for several
-    output: str = "volume"  # volume: `infer` returns a Volume (NIfTI); landmarks: a LandmarkResult (JSON + PNG)
+    output: str = "volume"  # volume: `infer` returns a Volume (NIfTI); landmarks: a LandmarkResult (JSON + PNG);
+    # images: an object whose write(folder) saves several images into the `--out` folder
     help: str = ""  # one line for `kfjax infer --help` and `kfjax list`
 
 

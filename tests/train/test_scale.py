@@ -39,6 +39,7 @@ TINY = {
                           "model.decoder_features=4", "model.kernel=5", "model.d_features=4"],
     "u2net": ["data.domains=organ_phantom,prostate_like", "model.channels=4,8", "data.n_train=2", "data.n_val=1"],
     "di2in_an": ["data.size=16", "data.n_train=2", "data.n_val=2", "model.channels=4,8", "model.critic_channels=4,8"],
+    "xray_decomposition": ["data.source=phantom", "data.size=32", "data.n_train=2", "model.channels=8,16"],
 }
 
 BF16_UNIT_ROUNDOFF = 2.0**-8
