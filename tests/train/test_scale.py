@@ -40,6 +40,8 @@ TINY = {
     "u2net": ["data.domains=organ_phantom,prostate_like", "model.channels=4,8", "data.n_train=2", "data.n_val=1"],
     "di2in_an": ["data.size=16", "data.n_train=2", "data.n_val=2", "model.channels=4,8", "model.critic_channels=4,8"],
     "xray_decomposition": ["data.source=phantom", "data.size=32", "data.n_train=2", "model.channels=8,16"],
+    "ice_contouring": ["model.pipeline=2d", "data.shape=16,16,16", "data.spacing=7.0", "data.frame_shape=32,32",
+                       "data.n_frames=2", "data.n_train=1", "data.n_val=1", "data.n_test=1", "model.channels=4,8"],
 }
 
 BF16_UNIT_ROUNDOFF = 2.0**-8
