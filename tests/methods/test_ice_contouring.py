@@ -14,6 +14,7 @@ from kfjax.errors import ConfigError
 from kfjax.methods.ice_contouring import IceContouringConfig, IceContouringMethod, frame_scores
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
+from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_train_step
 
 # 16^3 voxels at 7 mm = 112 mm, the smallest field that holds the anatomy (ice.MIN_FIELD_MM); 4 frames of 32^2
@@ -41,10 +42,6 @@ def prior_run(tmp_path_factory):
     assert main(["train", "ice_contouring", "--workdir", str(workdir), "--no-progress", "--set", *TINY,
                  "model.pipeline=3d", "train.steps=1"]) == 0
     return workdir
-
-
-def _float64(tree):
-    return jax.tree.map(lambda x: x.astype(np.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def test_batches_of_every_pipeline_fit_their_spec(tmp_path):
@@ -98,8 +95,8 @@ def test_sharded_2d_steps_match_single_device(n_devices):
     def run(devices):
         method = _method()
         mesh = make_mesh(devices)
-        batch = _float64(method.dataset("train")[np.arange(4)])
-        state = _float64(init_train_state(method, mesh, method.batch_spec(4)))
+        batch = cast_floats(method.dataset("train")[np.arange(4)], np.float64)
+        state = cast_floats(init_train_state(method, mesh, method.batch_spec(4)), np.float64)
         step = make_train_step(method.train_step, mesh)
         losses = []
         for _ in range(2):
