@@ -113,7 +113,7 @@ def run_add_domain(seed: int, args) -> dict:
     """Add the new domain to the universal run of `seed`; old domains' test logits compared bitwise."""
     import jax
 
-    from kfjax.config import to_dict
+    from kfjax.config import apply_overrides, to_dict
     from kfjax.data.domains import DEFAULT_DOMAINS, NEW_DOMAIN
     from kfjax.train.loop import evaluate, restore_for_eval
 
@@ -122,7 +122,9 @@ def run_add_domain(seed: int, args) -> dict:
     domains = ",".join((*DEFAULT_DOMAINS, NEW_DOMAIN))
     method = build("universal", seed, args, args.add_steps, [f"data.domains={domains}", f"train.add_domain={base_dir}"])
     folder = run_root(args) / f"{ADD}-s{seed}-steps{args.add_steps}"
-    record = records.finished_run(folder, method.config)
+    base_name = str(base_dir.relative_to(run_root(args)))  # the record keeps no path of this machine
+    recorded = apply_overrides(method.config, [f"train.add_domain={base_name}"])
+    record = records.finished_run(folder, recorded)
     if record is not None:
         return record
     clock = records.Clock()
@@ -138,8 +140,8 @@ def run_add_domain(seed: int, args) -> dict:
     metrics = evaluate(method, state, split="test") | _counts(method)
     metrics["old_logits_bitwise_equal"] = float(np.array_equal(before, after))
     _panel(method, state, folder)
-    record = records.make(method="u2net", variant=ADD, seed=seed, settings=to_dict(method.config), metrics=metrics,
-                          clock=clock, timings=timings, data={"base": str(base_dir.relative_to(run_root(args)))})
+    record = records.make(method="u2net", variant=ADD, seed=seed, settings=to_dict(recorded), metrics=metrics,
+                          clock=clock, timings=timings, data={"base": base_name})
     records.save(record, folder)
     jax.clear_caches()
     return records.load(folder)
