@@ -121,7 +121,7 @@ def main() -> None:
         f"python {platform.python_version()}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} cores; torch threads: {threads}; batch {BATCH}, float32, "
         f"3x3x3 convolutions with as many output as input channels; median of {args.steps} rounds",
-        "- max pool + gradient: kfjax = `kfjax.nn.max_pool` (reshape + max), xla-conv3d column = Flax's "
+        "- max pool + gradient: kfjax = `kfjax.nn.max_pool` (reshape, argmax mask), xla-conv3d column = Flax's "
         "`nn.max_pool` (window reduction, select-and-scatter gradient)"])
     print(text)
     if args.write:
