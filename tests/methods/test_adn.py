@@ -1,7 +1,6 @@
 """ADN: loss weights, a jitted step lowers the loss and matches the sharded step; MAR data never pair."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,15 +9,11 @@ from kfjax.data.unpaired import mar_split_slices, to_signed
 from kfjax.methods.adn import ADNConfig, ADNMethod
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
+from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 
 SMALL = ["data.recipe=invert", "data.size=16", "data.n_toy=8", "data.batch_size=4", "model.base=4",
          "model.num_residual=1", "model.d_features=4", "optim.lr=1e-3"]
-
-
-def _float64(tree):
-    """Floating leaves of a pytree (arrays or a TrainState) as float64 (call inside `jax.enable_x64`)."""
-    return jax.tree.map(lambda x: x.astype(np.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def _run(devices, steps, extra=(), x64=False):
@@ -27,7 +22,7 @@ def _run(devices, steps, extra=(), x64=False):
     batch = method.dataset("train")[np.arange(4)]
     state = init_train_state(method, mesh, batch)
     if x64:  # parameters, Adam moments and data in float64: every operation of the step runs in float64
-        batch, state = _float64(batch), _float64(state)
+        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
     step = make_train_step(method.train_step, mesh)
     logs = []
     for _ in range(steps):
@@ -55,7 +50,7 @@ def test_sharded_steps_match_single_device(n_devices):
         _, mesh, sharded, logs = _run(jax.devices(), 4, x64=True)
         assert mesh.size == n_devices
         np.testing.assert_allclose([r["loss"] for r in logs], [r["loss"] for r in single_logs], rtol=1e-9)
-        batch = _float64(method.dataset("val")[np.arange(4)])
+        batch = cast_floats(method.dataset("val")[np.arange(4)], np.float64)
         a = to_host(make_predict_step(method.predict, mesh)(sharded, shard_batch(batch, mesh)))
         b = to_host(make_predict_step(method.predict, mesh1)(single, shard_batch(batch, mesh1)))
     assert a["reduced"].dtype == np.float64

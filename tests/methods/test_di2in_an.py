@@ -14,8 +14,9 @@ from kfjax.io import Volume
 from kfjax.methods.di2in import DI2INConfig, DI2INMethod
 from kfjax.methods.di2in_an import DI2INANConfig, DI2INANMethod
 from kfjax.train.loop import init_train_state
-from kfjax.train.method import zeros_like_spec
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
+from kfjax.train.method import zeros_like_spec
+from kfjax.train.precision import cast_floats
 from kfjax.train.state import TrainState
 from kfjax.train.step import make_train_step
 
@@ -26,11 +27,6 @@ SMALL = ["data.size=16", "data.n_train=4", "data.n_val=2", "data.n_test=2", "dat
 
 def _method(*extra) -> DI2INANMethod:
     return DI2INANMethod(apply_overrides(DI2INANConfig(), SMALL + list(extra)))
-
-
-def _float64(tree):
-    """Floating leaves as float64 (call inside `jax.enable_x64`)."""
-    return jax.tree.map(lambda x: x.astype(np.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def _train(method, state, batch, mesh, steps):
@@ -46,7 +42,7 @@ def _start(method, devices, x64=False):
     mesh = make_mesh(devices)
     batch = {k: v for k, v in method.dataset("train")[np.arange(4)].items() if k in ("image", "label")}
     state = init_train_state(method, mesh, batch)
-    return (mesh, _float64(batch), _float64(state)) if x64 else (mesh, batch, state)
+    return (mesh, cast_floats(batch, np.float64), cast_floats(state, np.float64)) if x64 else (mesh, batch, state)
 
 
 def test_shapes_and_critic_inputs():
@@ -116,7 +112,7 @@ def _di2in_steps(an: DI2INANMethod, start: TrainState, batch, mesh, steps: int):
     tx = method.optimizers()
     state = TrainState.create({"model": start.params["generator"]}, tx, jax.random.key(0),
                               {"model": start.batch_stats["generator"]})
-    state = _float64(state)
+    state = cast_floats(state, np.float64)
     state, _ = _train(method, state, batch, mesh, steps)
     return state
 

@@ -14,6 +14,7 @@ from kfjax.methods.dqn_landmark import (DQNLandmarkConfig, DQNLandmarkMethod, di
                                         extract_patches, move, replay_init, replay_push, replay_sample)
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
+from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 
 SMALL = ["data.size=32", "data.batch_size=4", "model.channels=8,16", "model.hidden=16", "agent.replay_size=64",
@@ -35,11 +36,6 @@ def _blobs(n: int, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
     visible[-1] = 0.0
     return {"image": image.astype(np.float32), "landmark": lm, "visible": visible,
             "spacing": np.full((n, 2), 0.5, np.float32)}
-
-
-def _float64(tree):
-    """Floating leaves of a pytree as float64 (call inside `jax.enable_x64`)."""
-    return jax.tree.map(lambda x: x.astype(np.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def test_shapes(stepped):
@@ -199,7 +195,7 @@ def _run(devices, steps, x64=False):
     batch = _blobs(4)
     state = init_train_state(method, mesh, method.batch_spec(4))
     if x64:
-        batch, state = _float64(batch), _float64(state)
+        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
     step = make_train_step(method.train_step, mesh)
     logs = []
     for _ in range(steps):
@@ -225,7 +221,7 @@ def test_sharded_step_matches_single_device(n_devices):
         a, b = to_host(sharded.extra["replay"]), to_host(single.extra["replay"])
         np.testing.assert_array_equal(a["action"], b["action"])
         np.testing.assert_allclose(a["reward"], b["reward"], rtol=0, atol=1e-12)
-        batch = _float64(_blobs(4, seed=1))
+        batch = cast_floats(_blobs(4, seed=1), np.float64)
         pa = to_host(make_predict_step(method.predict, mesh)(sharded, shard_batch(batch, mesh)))
         pb = to_host(make_predict_step(method.predict, mesh1)(single, shard_batch(batch, mesh1)))
     np.testing.assert_allclose(pa["landmarks"], pb["landmarks"], rtol=0, atol=1e-9)

@@ -12,6 +12,7 @@ from kfjax.methods.landmark_i2i import LandmarkI2IConfig, LandmarkI2IMethod, lan
 from kfjax.nn.heatmaps import gaussian_heatmaps
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
+from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 
 TINY = ["data.source=procedural", "data.size=32", "data.n_train=64", "data.n_val=32", "data.batch_size=4",
@@ -22,15 +23,11 @@ def _method(*extra):
     return LandmarkI2IMethod(apply_overrides(LandmarkI2IConfig(), [*TINY, *extra]))
 
 
-def _float64(tree):
-    return jax.tree.map(lambda x: x.astype(np.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def _steps(method, devices, steps, batch, x64=False):
     mesh = make_mesh(devices)
     state = init_train_state(method, mesh, method.batch_spec(len(batch["image"])))
     if x64:
-        batch, state = _float64(batch), _float64(state)
+        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
     step = make_train_step(method.train_step, mesh)
     losses = []
     for _ in range(steps):

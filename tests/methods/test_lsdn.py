@@ -16,6 +16,7 @@ from kfjax.methods.lsdn import LSDNConfig, LSDNMethod
 from kfjax.nn.lsdn import LSDN, VARIANTS, matched_width, multiplies, param_count
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
+from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 
 TINY = ["data.downsample=4", "data.batch_size=4", "model.hidden=8,4"]
@@ -122,16 +123,12 @@ def test_bad_settings_are_config_errors():
         _method("model.spatial_dims=3", "data.patch_depth=2")
 
 
-def _float64(tree):
-    return jax.tree.map(lambda x: x.astype(np.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def _steps(method, devices, steps, x64=False):
     mesh = make_mesh(devices)
     batch = method.dataset("train")[np.arange(4)]
     state = init_train_state(method, mesh, method.batch_spec(4))
     if x64:
-        batch, state = _float64(batch), _float64(state)
+        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
     step = make_train_step(method.train_step, mesh)
     losses = []
     for _ in range(steps):

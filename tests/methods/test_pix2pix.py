@@ -3,7 +3,6 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import pytest
@@ -14,15 +13,11 @@ from kfjax.errors import ConfigError
 from kfjax.methods.pix2pix import Pix2PixConfig, Pix2PixMethod
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
+from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_predict_step, make_train_step
 
 # 4 mm slices (48 x 40), a 3-level U-Net of 4-8-16 features and a 2-layer PatchGAN: a step costs milliseconds
 SMALL = ["data.downsample=4", "data.batch_size=4", "model.channels=4,8,16", "model.d_features=4", "model.d_layers=2"]
-
-
-def _float64(tree):
-    """Floating leaves of a pytree (arrays or a TrainState) as float64 (call inside `jax.enable_x64`)."""
-    return jax.tree.map(lambda x: x.astype(np.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def _run(devices, steps, x64=False, extra=()):
@@ -31,7 +26,7 @@ def _run(devices, steps, x64=False, extra=()):
     batch = {k: v for k, v in method.dataset("train")[np.arange(4)].items() if k in ("source", "target")}
     state = init_train_state(method, mesh, batch)
     if x64:  # parameters, Adam moments and data in float64: the whole step runs in float64
-        batch, state = _float64(batch), _float64(state)
+        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
     step = make_train_step(method.train_step, mesh)
     logs = []
     for _ in range(steps):
@@ -57,7 +52,7 @@ def test_sharded_steps_match_single_device(n_devices):
         assert mesh.size == n_devices
         np.testing.assert_allclose([r["loss"] for r in logs], [r["loss"] for r in single_logs], rtol=1e-9)
         np.testing.assert_allclose([r["d_loss"] for r in logs], [r["d_loss"] for r in single_logs], rtol=1e-9)
-        batch = _float64(method.dataset("test")[np.arange(4)])
+        batch = cast_floats(method.dataset("test")[np.arange(4)], np.float64)
         a = to_host(make_predict_step(method.predict, mesh)(sharded, shard_batch(batch, mesh)))
         b = to_host(make_predict_step(method.predict, mesh1)(single, shard_batch(batch, mesh1)))
     assert a["translated"].dtype == np.float64

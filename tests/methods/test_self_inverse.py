@@ -16,6 +16,7 @@ from kfjax.methods.self_inverse import SelfInverseConfig, SelfInverseMethod
 from kfjax.methods.self_inverse_unpaired import SelfInverseUnpairedConfig, SelfInverseUnpairedMethod
 from kfjax.train.loop import evaluate, init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
+from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_predict_step, make_train_step
 
 # 4 mm slices (48 x 40), a 3-level U-Net of 16-32-64 features, a 2-layer PatchGAN of 4 base channels
@@ -32,10 +33,6 @@ def _param_shapes(method, batch_size=4):
     """Parameter shapes of a method's fresh state (traced only: nothing is compiled or run)."""
     return jax.eval_shape(lambda k, b: method.init_variables(k, b).params, jax.random.key(0),
                           method.batch_spec(batch_size))
-
-
-def _float64(tree):
-    return jax.tree.map(lambda x: x.astype(np.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 # ---------------------------------------------------------------- the defining properties
@@ -141,14 +138,14 @@ def test_sharded_steps_match_single_device(n_devices):
         settings = SMALL + ["model.direction_discriminators=true"]
         method = SelfInverseMethod(apply_overrides(SelfInverseConfig(), settings))
         mesh = make_mesh(devices)
-        batch = _float64({k: v for k, v in method.dataset("train")[np.arange(4)].items() if k in ("source", "target")})
-        state = _float64(init_train_state(method, mesh, batch))
+        batch = cast_floats({k: v for k, v in method.dataset("train")[np.arange(4)].items() if k in ("source", "target")}, np.float64)
+        state = cast_floats(init_train_state(method, mesh, batch), np.float64)
         step = make_train_step(method.train_step, mesh)
         losses = []
         for _ in range(4):
             state, metrics = step(state, shard_batch(batch, mesh))
             losses.append([float(metrics["loss"]), float(metrics["d_loss"])])
-        test = _float64(method.dataset("test")[np.arange(4)])
+        test = cast_floats(method.dataset("test")[np.arange(4)], np.float64)
         return losses, to_host(make_predict_step(method.predict, mesh)(state, shard_batch(test, mesh))), mesh
 
     with jax.enable_x64(True):
