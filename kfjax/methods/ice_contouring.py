@@ -291,13 +291,15 @@ class IceContouringMethod(SupervisedMethod):
         return jnp.argmax(self.apply(state.variables("model"), batch), axis=-1).astype(jnp.int32)
 
     def predict(self, state: TrainState, batch):
-        """Frame labels `(B, K, H, W)` int32 of a batch of sweeps (evaluation rows), for every pipeline."""
+        """Frame labels `(B, K, H, W)` int32 of a batch of sweeps (evaluation rows), for every pipeline;
+        background (0) outside the fan `batch["fan"] (B, H, W)`, where nothing is imaged."""
         if self.config.model.pipeline == "3d":
-            return {"labels": on_frames(self.volume_labels(state, batch), batch["frame_index"])}
-        frames = batch["frames"]
-        flat = frames.reshape(-1, *frames.shape[2:])
-        logits = self.apply(state.variables("model"), {"image": flat})
-        return {"labels": jnp.argmax(logits, axis=-1).astype(jnp.int32).reshape(frames.shape[:-1])}
+            labels = on_frames(self.volume_labels(state, batch), batch["frame_index"])
+        else:
+            frames = batch["frames"]
+            logits = self.apply(state.variables("model"), {"image": frames.reshape(-1, *frames.shape[2:])})
+            labels = jnp.argmax(logits, axis=-1).astype(jnp.int32).reshape(frames.shape[:-1])
+        return {"labels": jnp.where(batch["fan"][:, None] > 0.5, labels, 0)}
 
     def eval_step(self, state: TrainState, batch):
         return frame_scores(self.predict(state, batch)["labels"], batch["frame_label"], batch["fan"])

@@ -29,6 +29,7 @@ dudonet_run = _load("dudonet_run", EXPERIMENTS / "dudonet" / "run.py")
 adn_run = _load("adn_run", EXPERIMENTS / "adn" / "run.py")
 di2in_run = _load("di2in_run", EXPERIMENTS / "di2in" / "run.py")
 registration_run = _load("registration_run", EXPERIMENTS / "registration_opt" / "run.py")
+ice_run = _load("ice_run", EXPERIMENTS / "ice" / "run.py")
 
 ENV = {"machine": {"cpu": "Test CPU 9000", "cores": 7, "platform": "TestOS", "arch": "x", "python": "3",
                    "load_avg": [1.5, 1.0, 1.0]},
@@ -203,3 +204,83 @@ def test_registration_table_comes_from_the_records():
     assert "mTRE < 2 mm | gross failure (> 5 mm)" in text and "detector 64² pixels over 300.0 mm" in text
     with pytest.raises(SystemExit, match="predates run records"):
         registration_run.table([{"summary": summary, "meta": {}}])
+
+
+# per-structure means of the fabricated ICE runs: 2-D + 3-D gains most on the veins and the appendage
+ICE_MEANS = {"2d": (0.80, [0.90, 0.50, 0.40, 0.35, 0.42, 0.30]), "3d": (0.70, [0.85, 0.40, 0.30, 0.30, 0.32, 0.20]),
+             "2d3d": (0.85, [0.91, 0.60, 0.55, 0.50, 0.52, 0.45])}
+
+
+def _ice_records(means=ICE_MEANS):
+    rng = np.random.default_rng(3)
+    rows = []
+    for seed in (0, 1, 2):
+        for pipeline, (total, per) in means.items():
+            settings = {"seed": seed, "data": {"shape": [24, 24, 24], "spacing": 5.0, "n_frames": 11,
+                                               "frame_shape": [48, 48], "sweep_deg": 80.0, "depth_mm": 90.0,
+                                               "n_train": 13, "seed": 0, "batch_size": 3 if pipeline == "3d" else 5},
+                        "model": {"pipeline": pipeline, "channels": [4, 8], "norm": "group"},
+                        "train": {"steps": 17 if pipeline == "3d" else 19},
+                        "optim": {"lr": 0.003, "schedule": "cosine"}, "loss": {"dice_weight": 1.0}}
+            metrics = {"dice": total + rng.normal(0, 0.01),
+                       **{f"dice_{s}": v + rng.normal(0, 0.01) for s, v in zip(ice_run.STRUCTURES, per)}}
+            rows.append(_record("ice_contouring", pipeline, seed, settings, metrics,
+                                timings={"train_s": 60.0 * (seed + 2), "eval_s": 3.0},
+                                data={"n_test_sweeps": 4, "n_test_frames": 44}))
+    return rows
+
+
+def test_ice_table_comes_from_the_records():
+    rows = _ice_records()
+    rows[3]["metrics"]["dice_rspv"] = None  # 3-D, seed 1: RSPV never seen (NaN saved as null): left out
+    text = ice_run.table(rows)
+    lines = text.splitlines()
+    by = {p: {r["seed"]: r["metrics"] for r in rows if r["variant"] == p} for p in ice_run.PIPELINES}
+
+    def cell(pipeline, key):
+        x = [m[key] for m in by[pipeline].values() if m[key] is not None]
+        return f"{np.mean(x):.3f} ± {np.std(x, ddof=1):.3f}" if len(x) > 1 else f"{x[0]:.3f}"
+
+    row = next(line for line in lines if line.startswith("| 2-D + 3-D |")).split(" | ")
+    assert row[1:8] == [cell("2d3d", k) for k in ("dice", *(f"dice_{s}" for s in ice_run.STRUCTURES))]
+    assert row[8] == "3" and row[9].strip(" |") == "3.0 ± 1.0"  # train minutes 2, 3, 4
+    three = next(line for line in lines if line.startswith("| 3-D only")).split(" | ")
+    assert three[7] == cell("3d", "dice_rspv") and three[7].count("±") == 1
+    assert "| paper: 2-D + 3-D | 0.898 | 0.942 | 0.658 | 0.706 | 0.620 | 0.718 | 0.395 |" in text
+    assert "| paper: 2-D only | 0.872 |" in text and "| paper: 3-D only (resliced) | 0.853 |" in text
+    for a, b, name in (("2d3d", "2d", "dice"), ("2d", "3d", "dice"), ("2d3d", "2d", "dice_lspv")):
+        p = stats.ttest_rel([by[a][s][name] for s in range(3)], [by[b][s][name] for s in range(3)]).pvalue
+        label = "total Dice" if name == "dice" else "LSPV"
+        line = next(x for x in lines if x.startswith(f"- {label}, {ice_run.LABELS[a]} − {ice_run.LABELS[b]}:"))
+        assert f"p = {p:.2g}" in line and "n = 3" in line, line
+    assert sum(x.startswith("- ") and "2-D + 3-D − 2-D only" in x for x in lines) == 7  # total + 6 structures
+    order = next(x for x in lines if x.startswith("Ordering"))
+    assert order.index("2-D + 3-D (") < order.index("2-D only (") < order.index("3-D only") and ") holds at" in order
+    gains = next(x for x in lines if x.startswith("Mean gain")).split(": ", 1)[1]
+    assert gains.index("LA body") > max(gains.index(n) for n in ("LAA", "LIPV", "LSPV", "RSPV"))
+    for fact in ("volumes 24×24×24 voxels at 5 mm", "11 frames of 48×48 px over 80°",
+                 "13 training and 4 test sweeps (44 test frames)",
+                 "2-D only 19 × 5, 3-D only (resliced) 17 × 3, 2-D + 3-D 19 × 5", "channels 4-8", "lr 0.003",
+                 "seeds 0, 1, 2", "nothing here is real data", "Test CPU 9000, 7 cores",
+                 "feedbee", "2031-05-01 to 2031-05-03"):
+        assert fact in text, fact
+
+
+def test_ice_table_says_when_the_ordering_fails_and_runs_are_missing():
+    swapped = dict(ICE_MEANS, **{"2d": ICE_MEANS["3d"], "3d": ICE_MEANS["2d"]})
+    text = ice_run.table(_ice_records(swapped))
+    order = next(x for x in text.splitlines() if x.startswith("Ordering"))
+    assert "does NOT hold" in order and order.index("3-D only") < order.index("2-D only (")
+    text = ice_run.table([r for r in _ice_records() if r["variant"] != "3d"])
+    assert "| 3-D only" not in text.replace("| paper: 3-D only", "") and "Ordering" not in text
+    assert "- total Dice, 2-D + 3-D − 2-D only" in text and "2-D only − 3-D" not in text
+
+
+def test_ice_panel_frames_pick_the_frame_with_most_structures():
+    labels = np.zeros((5, 3, 4, 4), np.int32)
+    labels[0, 1, 0, :3] = [1, 2, 3]  # sweep 0: frame 1 holds three structures
+    labels[0, 2, :, :] = 1  # frame 2: one structure, more pixels
+    labels[1, 2, 0, :2] = [4, 5]
+    labels[1, 0, 0, :2] = [4, 6]
+    labels[1, 0, 1, 0] = 6  # sweep 1: frames 0 and 2 tie on structures; frame 0 has more foreground
+    assert ice_run.panel_frames(labels) == [[0, 1], [1, 0], [2, 0], [3, 0]]

@@ -117,7 +117,8 @@ def test_sharded_2d_steps_match_single_device(n_devices):
 @pytest.mark.slow  # ~60 s on a busy 2-core CPU: trains the prior through the CLI, then compiles three networks
 def test_2d3d_inputs_carry_the_prior_of_a_trained_3d_run(prior_run):
     """Frame + the 3d run's 7 class probabilities at each pixel's voxel: they sum to 1 inside the field and are 0
-    outside it; the prior channels are the 3d run's own volume probabilities resliced; a 2d3d step and eval run."""
+    outside it; the prior channels are the 3d run's own volume probabilities resliced; a 2d3d step and eval run;
+    predicted labels are background outside the fan."""
     method = _method("model.pipeline=2d3d", f"model.prior_workdir={prior_run}")
     val = method.dataset("val").arrays
     cases = method._case_arrays("val")
@@ -137,6 +138,9 @@ def test_2d3d_inputs_carry_the_prior_of_a_trained_3d_run(prior_run):
     val_batch = shard_batch(method.dataset("val")[np.arange(4)], mesh)
     scores = to_host(make_eval_step(method.eval_step, mesh)(state, val_batch))
     assert 0.0 <= scores["dice"].compute() <= 1.0
+    labels = np.asarray(to_host(jax.jit(method.predict)(state, val_batch))["labels"])  # (4 sweeps, 4, 32, 32)
+    outside = np.broadcast_to(val["fan"][:, None] < 0.5, labels.shape)
+    assert outside.any() and not labels[outside].any()  # background wherever the fan images nothing
 
 
 @pytest.mark.parametrize("pipeline", ["2d", "3d"])
