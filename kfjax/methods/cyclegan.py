@@ -8,11 +8,14 @@ key. Adam 2e-4, beta = (0.5, 0.999). One jitted step updates the "generator" and
 both losses use the discriminators as they were at the start of the step.
 
 Data come from a recipe in `kfjax.data.unpaired` (default "mar": metal-affected -> artifact-free CT, the
-ADN paper's CycleGAN baseline). Evaluation: PSNR/SSIM of G_AB(a) against the paired truth b on [0, 1]
-(data_range 1) over the recipe's mask (outside the metal for MAR).
+ADN paper's CycleGAN baseline; "mr": T1w -> T2w; "xray": clean DRRs -> detector-model radiographs of the
+chest CT, the translator `xray_decomposition` trains through with `data.translator_workdir`; "invert": a toy).
+Evaluation: PSNR/SSIM of G_AB(a) against the paired truth b on [0, 1] (data_range 1) over the recipe's mask
+(outside the metal for MAR; every pixel for xray, b being the detector rendering of the DRR a).
 
     kfjax train cyclegan --set data.recipe=invert data.size=32 train.steps=500
     kfjax train cyclegan --set data.source=ct data.geometry=adn_half model.features=32
+    kfjax train cyclegan --set data.recipe=xray data.source=ct data.size=64 model.features=16 model.n_blocks=3
 """
 
 from __future__ import annotations

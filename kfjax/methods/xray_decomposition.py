@@ -9,25 +9,33 @@ starts at zero, so the untrained network is the "no suppression" baseline (bone 
 
 Input (`data.domain`): `drr`, the clean DRR's line integral / 6; or `detector`, the detector-model
 radiograph of the same DRR (beam hardening, scatter, blur, noise, collimation, gamma), whose targets are
-still the clean components. Loss: L1 of each component (line-integral units), summed, plus
-`loss.log_weight` x L1 between the Laplacian-of-Gaussian filtered components (σ `loss.log_sigma` px; the
-TMI 2020 LoG domain; off by default). Bone-suppressed image: exp(-(total - bone)) with total = input x 6.
-Metrics per image: `l1_bone`, `l1_soft` (line integrals) and PSNR/SSIM (range 1) of the bone, soft-tissue and
-bone-suppressed images as line integral / 6, the log image a radiograph is read as. In the detector domain
-the bone-suppressed image keeps the detector's response, so `*_soft` is the fair score there. Bone is a
-small signal (mean ~0.05 of 6 on the CT): the zero-bone baseline already scores ~40 dB `psnr_bone` at 64².
-`kfjax infer` writes bone, soft-tissue and bone-suppressed 16-bit PNGs and a side-by-side panel to a folder.
+still the clean components. Unpaired adaptation (`data.translator_workdir`): a trained `cyclegan` run on
+the `xray` recipe (`kfjax.data.unpaired`: DRRs -> detector images, same `data.size` and `data.source`)
+translates the training DRRs once, when the split is built; the network trains on G_AB(DRR) with the exact
+DRR components as targets, while val/test keep the untranslated images of `data.domain`.
+
+Loss: L1 of each component (line-integral units), summed, plus `loss.log_weight` x L1 between the
+Laplacian-of-Gaussian filtered components (σ `loss.log_sigma` px; the TMI 2020 LoG domain; off by default).
+Bone-suppressed image: exp(-(total - bone)) with total = input x 6. Metrics per image: `l1_bone`, `l1_soft`
+(line integrals) and PSNR/SSIM (range 1) of the bone, soft-tissue and bone-suppressed images as line
+integral / 6, the log image a radiograph is read as. In the detector domain the bone-suppressed image keeps
+the detector's response, so `*_soft` is the fair score there. Bone is a small signal (mean ~0.05 of 6 on the
+CT): the zero-bone baseline already scores ~40 dB `psnr_bone` at 64². `kfjax infer` writes bone, soft-tissue
+and bone-suppressed 16-bit PNGs and a side-by-side panel to a folder.
 
     kfjax train xray_decomposition                                   # 64² DRRs of the real chest CT
     kfjax train xray_decomposition --set data.domain=detector        # radiograph-like inputs
     kfjax train xray_decomposition --set loss.log_weight=1           # + the LoG-domain loss
     kfjax train xray_decomposition --set data.source=phantom data.size=32   # no data needed
+    kfjax train cyclegan --workdir runs/gan --set data.recipe=xray data.source=ct data.size=64 model.features=16
+    kfjax train xray_decomposition --set data.translator_workdir=runs/gan data.domain=detector  # adapted
     kfjax infer xray_decomposition --workdir RUN --input cxr.png --out decomposed/
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -38,12 +46,14 @@ import numpy as np
 from kfjax import losses, metrics
 from kfjax.config import BaseConfig, BaseDataConfig, BaseModelConfig, OptimConfig, TrainConfig
 from kfjax.data.pipeline import ArrayDataset
+from kfjax.data.unpaired import xray_signed
 from kfjax.data.xray_decomposition import LINE_INTEGRAL_SCALE, SOURCES, decomposition_set
-from kfjax.errors import ConfigError, InputError
+from kfjax.errors import ConfigError, InputError, KfjaxError
 from kfjax.methods.common.landmarks import GridMap, display_image, normalise
 from kfjax.methods.common.supervised import SupervisedMethod
-from kfjax.methods.registry import register
+from kfjax.methods.registry import from_workdir, register
 from kfjax.nn.unet import UNet
+from kfjax.train.loop import restore_for_eval
 from kfjax.train.method import Inference
 from kfjax.train.state import TrainState
 
@@ -53,6 +63,7 @@ SPLITS = ("train", "val", "test")
 DOMAINS = ("drr", "detector")
 OUTPUT_FILES = ("bone.png", "soft_tissue.png", "bone_suppressed.png", "decomposition.png")
 TYPICAL_TOP = {"drr": 0.89, "detector": 0.79}  # mean 99.5th percentile of 64² training images (ct, seed 0)
+TRANSLATE_BATCH = 16  # training DRRs per jitted call of the translator (the last call zero-padded to it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +74,7 @@ class DataConfig(BaseDataConfig):
     n_train: int = 400  # training images (poses and anatomy drawn per image)
     n_val: int = 100  # validation and test images each
     batch_size: int = 8  # global batch size (split over all devices)
+    translator_workdir: str = ""  # a cyclegan run (data.recipe=xray): train on its G_AB(DRR); "" = no adaptation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +191,37 @@ class XrayDecompositionMethod(SupervisedMethod):
                               f"inside the {d.size}² image; got {lo.log_weight}, {lo.log_sigma}")
         if inf.top < 0:
             raise ConfigError(f"infer.top must be a normalised line integral > 0 (or 0: automatic), got {inf.top}")
+        self._translator = self._check_translator() if d.translator_workdir else None
         self._datasets: dict[str, ArrayDataset] = {}
+
+    def _check_translator(self):
+        """The cyclegan method of `data.translator_workdir`, after checking it fits this run (weights load later)."""
+        d = self.config.data
+        workdir, hint = d.translator_workdir, "train one with `kfjax train cyclegan --set data.recipe=xray ...`"
+        if not (Path(workdir) / "config.json").is_file():
+            raise ConfigError(f"data.translator_workdir '{workdir}' holds no config.json; point it at the workdir of "
+                              f"a trained cyclegan run ({hint})")
+        try:
+            translator = from_workdir("cyclegan", workdir)
+        except KfjaxError as e:
+            raise ConfigError(f"data.translator_workdir '{workdir}' is not a cyclegan run: {e}") from None
+        t = translator.config.data
+        if (t.recipe, t.source, t.size) != ("xray", d.source, d.size):
+            raise ConfigError(f"data.translator_workdir '{workdir}' translates recipe '{t.recipe}' ({t.source}) at "
+                              f"{t.size}², this run needs recipe 'xray' ({d.source}) at {d.size}²; {hint}")
+        return translator
+
+    def translate(self, drr: np.ndarray) -> np.ndarray:
+        """Detector-like images (N, H, W, 1) in [0, 1] of DRRs (N, H, W, 1), line integral / 6: G_AB of the cyclegan
+        run in `data.translator_workdir`, restored here, in jitted batches of TRANSLATE_BATCH."""
+        state = restore_for_eval(self._translator, self.config.data.translator_workdir)
+        predict = functools.partial(jax.jit(self._translator.predict), state)
+        out = []
+        for start in range(0, len(drr), TRANSLATE_BATCH):
+            chunk = xray_signed(drr[start : start + TRANSLATE_BATCH])
+            padded = np.pad(chunk, ((0, TRANSLATE_BATCH - len(chunk)), (0, 0), (0, 0), (0, 0)))  # one compiled shape
+            out.append(np.asarray(predict({"a": padded})["unit"], np.float32)[: len(chunk)])
+        return np.concatenate(out)
 
     def network(self) -> UNet:
         m = self.config.model
@@ -197,7 +239,9 @@ class XrayDecompositionMethod(SupervisedMethod):
             full = decomposition_set(split, d.size, d.source, d.n_train if split == "train" else d.n_val).arrays
             parts = full["components"]  # bone, lung, soft
             target = np.stack([parts[..., 0], parts[..., 1] + parts[..., 2]], -1)
-            self._datasets[split] = ArrayDataset(image=full[d.domain], target=target.astype(np.float32))
+            adapted = split == "train" and self._translator is not None
+            image = self.translate(full["drr"]) if adapted else full[d.domain]
+            self._datasets[split] = ArrayDataset(image=image, target=target.astype(np.float32))
         return self._datasets[split]
 
     def batch_spec(self, batch_size: int):
@@ -256,7 +300,8 @@ class XrayDecompositionMethod(SupervisedMethod):
                              f"{np.shape(volume.array)}; pass a PNG, a single DICOM image or a NIfTI file "
                              "holding one slice")
         s, size = self.config.infer, self.config.data.size
-        top = s.top or TYPICAL_TOP[self.config.data.domain]
+        trained_on = "detector" if self._translator is not None else self.config.data.domain  # translated: like it
+        top = s.top or TYPICAL_TOP[trained_on]
         image = normalise(display_image(volume), (s.low, s.high), s.invert) * np.float32(top)
         grid = GridMap(image.shape, size)
         predict = jax.jit(lambda x: self.predict(state, {"image": x}))

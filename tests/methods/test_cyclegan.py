@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from kfjax.config import apply_overrides
+from kfjax.data.unpaired import xray_signed
+from kfjax.data.xray_decomposition import decomposition_set
 from kfjax.methods.cyclegan import CycleGANConfig, CycleGANMethod
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 
+XRAY = ["data.recipe=xray", "data.size=32", "data.n_train=8", "data.n_val=4", "data.flip=False"]  # phantom chest
 SMALL = ["data.recipe=invert", "data.size=16", "data.n_toy=8", "data.batch_size=4", "model.features=4",
          "model.n_blocks=1", "model.d_features=4", "model.d_layers=2", "loss.pool_size=3", "loss.identity_weight=0.5"]
 
@@ -89,3 +92,21 @@ def test_invert_recipe_is_unpaired():
     val = method.dataset("val")[np.arange(4)]
     np.testing.assert_allclose(val["b"], -val["a"])  # the eval truth is the pair the training data never show
     np.testing.assert_array_equal(data[np.arange(8)]["b"], data[np.arange(8)]["b"])  # deterministic in the indices
+
+
+def test_xray_recipe_is_unpaired_and_b_is_the_detector_rendering():
+    """Training A images are DRRs and B images detector renderings of disjoint image indices (each image is a
+    new pose and anatomy), every training image used once; eval pairs are a DRR and its own detector image."""
+    method = CycleGANMethod(apply_overrides(CycleGANConfig(), [*SMALL, *XRAY]))
+    data = method.dataset("train")
+    assert set(data.a_id.tolist()).isdisjoint(data.b_id.tolist())
+    assert sorted([*data.a_id.tolist(), *data.b_id.tolist()]) == list(range(8))
+    full = decomposition_set("train", 32, "phantom", 8).arrays
+    batch = data[np.arange(len(data))]
+    np.testing.assert_array_equal(batch["a"], xray_signed(full["drr"][batch["a_id"]]))
+    np.testing.assert_array_equal(batch["b"], xray_signed(full["detector"][batch["b_id"]]))
+    val, truth = method.dataset("val").arrays, decomposition_set("val", 32, "phantom", 4).arrays
+    np.testing.assert_array_equal(val["a"], xray_signed(truth["drr"]))
+    np.testing.assert_array_equal(val["b"], xray_signed(truth["detector"]))
+    assert np.all(val["mask"] == 1) and method.batch_spec(2)["a"].shape == (2, 32, 32, 1)
+    assert float(val["b"].min()) >= -1 and float(val["b"].max()) <= 1

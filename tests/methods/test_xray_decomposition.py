@@ -1,6 +1,9 @@
 """xray_decomposition: shapes, the bone-suppressed image, one jitted step lowers the loss, sharded == single
 device, the LoG-domain loss, training finds the bones, `kfjax infer` on a PNG and on a 3-D
-volume, bad settings. Everything runs on the procedural chest phantom (no data needed)."""
+volume, bad settings, training inputs translated by a cyclegan run. Everything runs on the procedural chest
+phantom (no data needed)."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,17 +14,22 @@ from PIL import Image
 
 from kfjax.cli import main
 from kfjax.config import apply_overrides
+from kfjax.data.unpaired import xray_signed
 from kfjax.data.xray_decomposition import LINE_INTEGRAL_SCALE
 from kfjax.errors import ConfigError
 from kfjax.methods.xray_decomposition import (OUTPUT_FILES, XrayDecompositionConfig, XrayDecompositionMethod,
                                               log_filter, log_kernel)
-from kfjax.train.loop import init_train_state
+from kfjax.methods.registry import build, from_workdir
+from kfjax.train.loop import init_train_state, restore_for_eval, train
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
 from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 
 TINY = ["data.source=phantom", "data.size=32", "data.n_train=16", "data.n_val=8", "data.batch_size=4",
         "model.channels=8,16"]
+GAN = ["data.recipe=xray", "data.source=phantom", "data.size=32", "data.n_train=8", "data.n_val=4",
+       "data.batch_size=4", "model.features=4", "model.n_blocks=1", "model.d_features=4", "model.d_layers=2",
+       "loss.pool_size=2", "train.steps=2", "train.checkpoint_every=2"]  # a tiny DRR -> detector translator
 
 
 def _method(*extra):
@@ -187,3 +195,42 @@ def test_cli_infer_refuses_a_3d_volume_and_a_file_as_folder(run, capsys):
     (root / "taken.txt").write_text("x")
     assert _infer(run, "cxr.png", "taken.txt") == 2
     assert "give a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ unpaired adaptation
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory):
+    """Workdir of a tiny cyclegan run on the xray recipe (2 steps: a translator, not a good one)."""
+    workdir = tmp_path_factory.mktemp("xray_translator") / "gan"
+    assert train(build("cyclegan", overrides=GAN), workdir, progress=False, evaluate_at_end=False).status == "completed"
+    return workdir
+
+
+def test_translator_adapts_the_training_inputs_only(translator):
+    """Training inputs become G_AB(DRR) in [0, 1] (20 images: a full and a padded batch of 16), targets stay
+    the exact DRR components; val and test keep the untranslated images of data.domain."""
+    adapted = _method("data.n_train=20", f"data.translator_workdir={translator}", "data.domain=detector")
+    plain = _method("data.n_train=20")
+    trained_on, raw = adapted.dataset("train").arrays, plain.dataset("train").arrays
+    np.testing.assert_array_equal(trained_on["target"], raw["target"])
+    gan = from_workdir("cyclegan", translator)
+    state = restore_for_eval(gan, translator)
+    expected = np.asarray(jax.jit(gan.predict)(state, {"a": xray_signed(raw["image"])})["unit"])
+    assert trained_on["image"].shape == raw["image"].shape and trained_on["image"].dtype == np.float32
+    np.testing.assert_allclose(trained_on["image"], expected, rtol=0, atol=1e-5)  # batches of 16 vs one of 20
+    assert np.abs(trained_on["image"] - raw["image"]).max() > 0.1, "the inputs were translated"
+    detector = _method("data.domain=detector")
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(adapted.dataset(split).arrays["image"], detector.dataset(split).arrays["image"])
+
+
+def test_bad_translator_workdir_is_one_config_error_line(translator, run, tmp_path):
+    """A missing folder, the workdir of another method and a translator of another image size."""
+    cases = [([f"data.translator_workdir={tmp_path / 'missing'}"], "holds no config.json"),
+             ([f"data.translator_workdir={run[1]}"], "is for method 'xray_decomposition', not 'cyclegan'"),
+             ([f"data.translator_workdir={translator}", "data.size=16"],
+              re.escape("(phantom) at 32², this run needs recipe 'xray' (phantom) at 16²"))]
+    for settings, match in cases:
+        with pytest.raises(ConfigError, match=match) as error:
+            _method(*settings)
+        assert "\n" not in str(error.value)

@@ -71,6 +71,8 @@ class UnpairedMethod(Method, abc.ABC):
         d = self.config.data
         if d.recipe == "mr":
             return synthesis_grid(d.downsample)
+        if d.recipe == "xray":
+            return d.size, d.size
         side = self.grid()[0]
         return side, side
 
