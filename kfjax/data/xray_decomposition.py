@@ -273,15 +273,16 @@ def render_samples(volume, affine, centre, size: int, samples, combine: bool = F
 
 
 # ------------------------------------------------------------------------------------------- detector
-def detector_image(p, settings, rng=None) -> np.ndarray:
+def detector_image(p, settings, rng=None, scale: float = LINE_INTEGRAL_SCALE) -> np.ndarray:
     """Radiograph-like image (H, W) float32 in [0, 1] (bright = attenuating) of line integrals ``p`` (H, W).
 
     ``settings``: one row of :func:`draw_samples` (or a dict) with hardening h, scatter s, scatter_sigma,
     blur, photons, gamma and window (top, bottom, left, right). Steps: beam hardening q = log(1 + h p) / h
     (q = p for h = 0); primary exp(-q), zero outside the collimator window; plus scatter haze s times the
     primary blurred with σ = scatter_sigma x side; detector blur σ = blur px; Poisson noise of I0 = photons
-    (0: none; counts floored at 1); measured -log; image = clip(measured / LINE_INTEGRAL_SCALE, 0, 1) ** gamma.
-    With h = s = blur = photons = 0, gamma = 1 and a full window it is clip(p / LINE_INTEGRAL_SCALE, 0, 1).
+    (0: none; counts floored at 1); measured -log; image = clip(measured / scale, 0, 1) ** gamma, ``scale``
+    the line integral shown white (default LINE_INTEGRAL_SCALE). With h = s = blur = photons = 0, gamma = 1 and
+    a full window it is clip(p / scale, 0, 1).
     """
     p = np.asarray(p, np.float64)
     h = float(settings["hardening"])
@@ -301,7 +302,7 @@ def detector_image(p, settings, rng=None) -> np.ndarray:
         rng = rng if rng is not None else np.random.default_rng(0)
         signal = np.maximum(rng.poisson(photons * signal), 1) / photons
     measured = -np.log(np.maximum(signal, 1e-9))
-    return (np.clip(measured / LINE_INTEGRAL_SCALE, 0.0, 1.0) ** float(settings["gamma"])).astype(np.float32)
+    return (np.clip(measured / scale, 0.0, 1.0) ** float(settings["gamma"])).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------ the data set
