@@ -54,7 +54,7 @@ LABELS = {"none": "no suppression (bone 0, soft tissue = input)", "drr": "traine
           "detector": "trained on detector images (upper bound)"}
 PAIRS = (("drr_log", "drr"), ("drr_adapted", "drr"), ("drr_log_adapted", "drr_log"), ("drr_log_adapted", "drr_adapted"),
          ("detector", "drr"), ("detector", "drr_adapted"))  # paired differences a − b in the table
-GAN_STEPS = 400  # default CycleGAN steps: about 4 minutes on 2 busy CPU cores at 64², 16 features, 3 blocks
+GAN_STEPS = 1000  # default CycleGAN steps (about 10 minutes on 2 busy CPU cores at 64², 16 features, 3 blocks); 400 blurred fine anatomy
 TRANSLATOR = "cyclegan"  # folder of the translator of seed s: runs/<settings>/cyclegan-s<s>/
 DOMAINS = ("detector", "drr")
 SCORES = ("psnr_soft", "ssim_soft", "psnr_bone", "ssim_bone", "l1_bone")
