@@ -1,6 +1,7 @@
 """The `kfjax` command: the parser of every subcommand and the one-line error handling.
 
     kfjax list | train METHOD | eval METHOD | demo | plot WORKDIR | info FILE | infer METHOD | data ... | drr CT
+    kfjax register CT --xray FILE ... --geometry FILE
 
 Bad input (missing or corrupt file, wrong shape, NaN, unknown method or config key) prints one line
 saying what is wrong and what to do, and exits with code 2; `--debug` shows the traceback. An interrupt
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kfjax.cli import bench, data, demo, drr, info, infer, plot, train
+from kfjax.cli import bench, data, demo, drr, info, infer, plot, register, train
 from kfjax.cli import eval as eval_command
 from kfjax.cli import list as list_command
 from kfjax.cli._common import EXIT_BAD_INPUT, EXIT_INTERRUPTED
@@ -21,7 +22,7 @@ from kfjax.errors import KfjaxError
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "main", "parser"]
 
 # In the order `kfjax --help` lists them; each module has `add_parser(subparsers)`.
-SUBCOMMANDS = (list_command, train, eval_command, demo, plot, info, infer, data, drr, bench)
+SUBCOMMANDS = (list_command, train, eval_command, demo, plot, info, infer, data, drr, register, bench)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ adn_run = _load("adn_run", EXPERIMENTS / "adn" / "run.py")
 di2in_run = _load("di2in_run", EXPERIMENTS / "di2in" / "run.py")
 registration_run = _load("registration_run", EXPERIMENTS / "registration_opt" / "run.py")
 ice_run = _load("ice_run", EXPERIMENTS / "ice" / "run.py")
+point2_run = _load("point2_run", EXPERIMENTS / "registration" / "run.py")
 
 ENV = {"machine": {"cpu": "Test CPU 9000", "cores": 7, "platform": "TestOS", "arch": "x", "python": "3",
                    "load_avg": [1.5, 1.0, 1.0]},
@@ -204,6 +205,38 @@ def test_registration_table_comes_from_the_records():
     assert "mTRE < 2 mm | gross failure (> 5 mm)" in text and "detector 64² pixels over 300.0 mm" in text
     with pytest.raises(SystemExit, match="predates run records"):
         registration_run.table([{"summary": summary, "meta": {}}])
+
+
+def _point2_records():
+    """The optimisation record and three point2 records with per-row metrics (seed s adds s mm to POINT²)."""
+    rows = {"initial": (20.0, 28.0, 100.0, 0.0), "opt": (1.0, 40.0, 30.0, 9.0)}
+    opt = _record("intensity", "optimisation", None, {"levels": point2_run.OPT_LEVELS},
+                  {f"{r}_{k}": v for r, vals in rows.items() for k, v in zip(("p50", "p95", "gfr", "s"), vals)},
+                  data={"n_test": 64})
+    runs = []
+    for seed in (0, 1, 2):
+        learned = {"point": (8.0 + seed, 30.0, 40.0, 0.02), "point2": (3.0 + seed, 9.0, 5.0 + seed, 0.03),
+                   "point2_opt": (0.5 + 0.1 * seed, 4.0, 2.0, 3.0)}
+        settings = {"seed": seed, "data": {"n_train": 256, "size": 64, "subject": "chest", "pair": "wide",
+                                           "batch_size": 4}, "train": {"steps": 1500}}
+        runs.append(_record("point2", "point2", seed, settings,
+                            {f"{r}_{k}": v for r, vals in learned.items()
+                             for k, v in zip(("p50", "p95", "gfr", "s"), vals)}, data={"n_test": 64}))
+    return opt, runs
+
+
+def test_point2_table_comes_from_the_records():
+    opt, runs = _point2_records()
+    text = point2_run.table(opt, runs)
+    assert "| optimisation only | 1.00 | 40.00 | 30.0 | 9.000 |" in text
+    assert "| POINT² (two views, triangulation) | 4.00 ± 1.00 | 9.00 ± 0.00 | 6.0 ± 1.0 | 0.030 ± 0.000 |" in text
+    assert "| initial (start pose) | 20.00 | 28.00 | 100.0 |  |" in text
+    point2 = {r["seed"]: r["metrics"]["point2_p50"] for r in runs}
+    point = {r["seed"]: r["metrics"]["point_p50"] for r in runs}
+    assert records.paired(point2, point).mean == pytest.approx(-5.0)  # every seed: 3 + s - (8 + s)
+    assert "64 test cases, 256 training cases at 64² (chest subject, views wide), 1500 steps of 4 cases" in text
+    assert "seeds 0, 1, 2" in text and "Test CPU 9000" in text and "0.55 / 5.67 mm" in text
+    assert "GFR (%) -28.00" in text  # 2 % - 30 %
 
 
 # per-structure means of the fabricated ICE runs: 2-D + 3-D gains most on the veins and the appendage

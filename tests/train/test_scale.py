@@ -42,7 +42,10 @@ TINY = {
     "xray_decomposition": ["data.source=phantom", "data.size=32", "data.n_train=2", "model.channels=8,16"],
     "ice_contouring": ["model.pipeline=2d", "data.shape=16,16,16", "data.spacing=7.0", "data.frame_shape=32,32",
                        "data.n_frames=2", "data.n_train=1", "data.n_val=1", "data.n_test=1", "model.channels=4,8"],
+    "point2": ["data.subject=phantom", "data.size=32", "data.n_train=2", "model.channels=8,16", "model.features=8",
+               "model.n_poi=8"],
 }
+DATA_BATCHES = ("point2",)  # batches of rigid poses and X-rays: random numbers would make no case, so real rows
 
 BF16_UNIT_ROUNDOFF = 2.0**-8
 # A loss computed by a network in bfloat16 carries about one rounding of relative size u per layer on its
@@ -87,7 +90,7 @@ def test_every_trainable_method_has_tiny_settings():
 def test_bfloat16_step_loss_agrees_with_float32(name):
     mesh = make_mesh(jax.devices()[:1])
     method = _method(name)
-    batch = _batch(method.batch_spec(2))
+    batch = method.dataset("train")[np.arange(2)] if name in DATA_BATCHES else _batch(method.batch_spec(2))
     start = init_train_state(method, mesh, method.batch_spec(2))
     _, f32 = _first_step(method, mesh, batch, start)
     state, bf16 = _first_step(_method(name, "train.compute_dtype=bfloat16"), mesh, batch, start)

@@ -1,0 +1,356 @@
+"""POINT²: multiview 2D/3D rigid registration by tracking points of interest and triangulating them
+(Liao et al., CVPR 2019), on the benchmark cases of :mod:`kfjax.data.registration_cases`.
+
+A case: a CT, two X-ray views with known C-arm geometry (extrinsics ``E_v``, shared camera) taken at an unknown
+patient motion ``T_gt``, and a start ``T_init``. The method renders the DRRs of the CT at ``T_init`` (inside the
+jitted step, :mod:`kfjax.physics.drr`), picks ``model.n_poi`` points of interest (POIs: bone voxels of the CT,
+the subject's anchors, that project inside both DRRs), and tracks each one from the DRR into the X-ray of the
+same view (:class:`kfjax.nn.poi_tracker.PoiTracker`: Siamese U-Net features, template correlation, soft-argmax).
+Two tracked views give each POI's 3-D position by weighted linear triangulation (:func:`kfjax.physics.carm.triangulate`
+with the views' projection matrices ``K E_v``: the point as the patient moved it, ``T_gt x``), and the weighted
+Kabsch fit of the POIs onto their triangulated positions (:func:`kfjax.physics.carm.kabsch`) is the pose: one
+forward pass, no iterations. Weights: ``1 / (1 + spread)`` per view and POI (spread: root of the score map's
+variance, feature pixels), their product per POI for Kabsch. A case with fewer than 3 POIs in view keeps its start.
+
+``model.pose=single_view`` is the paper's POINT baseline on the same tracker: the pose from the first view's
+tracks alone (weighted Gauss-Newton on the reprojection error from ``T_init``; depth along that view's rays is
+weakly constrained).
+
+Training: fresh starts every step (``T_init = T_gt ∘ Δ``, Δ uniform in the cases' start ranges about the CT
+centre), so the network never sees the same DRR twice; the X-rays are the split's fixed cases. Loss: tracking,
+the cross-entropy of each score map's spatial softmax against a Gaussian (``loss.sigma`` feature pixels) at the
+POI's true X-ray position, over the POIs that are inside both DRRs and inside the X-ray's collimation window;
+plus ``loss.geometry_weight`` x the mean distance (mm) of the triangulated POIs from their true positions.
+Deviations from the paper: the paper's BCE per score-map pixel is replaced by the softmax cross-entropy (the
+distribution whose mean soft-argmax takes); POIs are random bone voxels, not chosen by gradient magnitude.
+
+Metrics per case: ``mtre`` (mm, over the subject's target points), ``mtre_init``, ``failure`` (1 if mtre > 10 mm:
+its mean is the gross failure rate), ``tracking_px`` (mean distance of the tracked from the true X-ray positions,
+detector pixels) and ``tracking_px_init`` (the same for the DRR positions, i.e. no tracking).
+
+    kfjax train point2 --workdir runs/point2                          # chest CT (the chest-ct source)
+    kfjax eval point2 --workdir runs/point2 --set model.pose=single_view   # POINT on the same tracker
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kfjax import metrics
+from kfjax.config import BaseConfig, BaseDataConfig, BaseModelConfig, OptimConfig, TrainConfig
+from kfjax.data.pipeline import ArrayDataset
+from kfjax.data.registration_cases import PAIRS, SPLITS, CaseConfig, camera, make_cases, view_extrinsics
+from kfjax.errors import ConfigError, InputError
+from kfjax.methods.common.supervised import SupervisedMethod
+from kfjax.methods.registry import register
+from kfjax.nn.poi_tracker import PoiTracker, soft_argmax, to_feature
+from kfjax.physics import carm
+from kfjax.physics.drr import make_renderer, principal_axis
+from kfjax.register.pose import params_from_transform, transform_from_params
+
+SUBJECTS = ("chest", "phantom")
+POSES = ("triangulation", "single_view")
+FAILURE_MM = 10.0  # gross failure: mTRE above this (the paper's and the talk's threshold)
+PNP_ITERATIONS = 20  # Gauss-Newton steps of the single-view pose
+PNP_DAMPING = 1e-3  # Levenberg-Marquardt damping, relative to the diagonal of JᵀWJ
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(BaseDataConfig):
+    subject: str = "chest"  # chest: the chest-ct source (needs its data) | phantom: procedural chest, no data
+    seed: int = 0  # seeds the cases (poses, starts, detector, tools), apart from the run's seed
+    n_train: int = 256  # training cases (each two X-rays; starts are redrawn every step)
+    n_val: int = 16  # validation cases
+    n_test: int = 64  # test cases (fixed starts)
+    size: int = 64  # detector pixels per side (200 mm panel); the paper: 256
+    pair: str = "wide"  # view pair: wide (0° and 90°) | narrow (-20° and 20°)
+    batch_size: int = 4  # cases per step (two views each)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(BaseModelConfig):
+    channels: tuple[int, ...] = (16, 32, 64)  # feature U-Net, features per level
+    features: int = 32  # feature channels compared by the correlation
+    stride: int = 1  # score-map pixel = stride detector pixels
+    patch: int = 5  # template side, feature pixels (odd)
+    n_poi: int = 32  # points of interest per case
+    norm: str = "group"  # U-Net normalisation
+    pose: str = "triangulation"  # triangulation: POINT² (two views) | single_view: POINT (first view, PnP)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    sigma: float = 1.0  # tracking target: Gaussian σ, feature pixels
+    geometry_weight: float = 0.001  # x mean 3-D error of the triangulated POIs, mm (the re-implementation's 0.001)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point2Config(BaseConfig):
+    seed: int = 0  # seeds initialisation, data order and per-step keys (starts, POIs)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=50, grad_clip=1.0)  # paper: Adam 2e-4
+    train: TrainConfig = TrainConfig(steps=1500, log_every=50, checkpoint_every=500)
+
+
+def pnp(p, uv, points, weights, init, centre):
+    """Single-view pose: T (4, 4) minimising sum_k w_k |project(p T, x_k) - uv_k|² from ``init`` (4, 4) by
+    damped Gauss-Newton (PNP_ITERATIONS steps). p (3, 4), uv (K, 2) px, points (K, 3) mm, weights (K,)."""
+    root = jnp.sqrt(weights)[:, None]
+
+    def residual(x):
+        return ((carm.project(p @ transform_from_params(x, centre), points) - uv) * root).reshape(-1)
+
+    def step(_, x):
+        r = residual(x)
+        j = jax.jacfwd(residual)(x)
+        h = j.T @ j
+        h = h + PNP_DAMPING * jnp.diag(jnp.diag(h)) + 1e-9 * jnp.eye(6, dtype=h.dtype)
+        return x - jnp.linalg.solve(h, j.T @ r)
+
+    x = jax.lax.fori_loop(0, PNP_ITERATIONS, step, params_from_transform(init, centre))
+    return transform_from_params(x, centre)
+
+
+@register("point2")
+class Point2Method(SupervisedMethod):
+    Config = Point2Config
+    description = "POINT²: 2D/3D registration by POI tracking in two X-ray views, triangulation and Kabsch"
+    paper = "Liao et al., CVPR 2019"
+
+    def __init__(self, config: Point2Config):
+        super().__init__(config)
+        d, m = config.data, config.model
+        if d.subject not in SUBJECTS:
+            raise ConfigError(f"data.subject '{d.subject}' is not one of {', '.join(SUBJECTS)}")
+        if d.pair not in PAIRS:
+            raise ConfigError(f"data.pair '{d.pair}' is not one of {', '.join(PAIRS)}")
+        if m.pose not in POSES:
+            raise ConfigError(f"model.pose '{m.pose}' is not one of {', '.join(POSES)}")
+        multiple = m.stride * 2 ** (len(m.channels) - 1)
+        if m.stride < 1 or d.size % multiple or d.size // m.stride < 8:
+            raise ConfigError(f"data.size {d.size} must divide by model.stride x 2**(levels - 1) = {multiple} and "
+                              f"leave score maps of at least 8 pixels")
+        if m.patch < 1 or m.patch % 2 == 0:
+            raise ConfigError(f"model.patch must be a positive odd number of feature pixels, got {m.patch}")
+        if m.n_poi < 3:
+            raise ConfigError(f"model.n_poi is {m.n_poi}; the Kabsch pose needs at least 3 points")
+        if config.loss.sigma <= 0:
+            raise ConfigError(f"loss.sigma must be positive (feature pixels), got {config.loss.sigma}")
+        self.case_config = CaseConfig(size=d.size, views_deg=PAIRS[d.pair])
+        self.camera = camera(self.case_config)
+        self._datasets: dict[str, ArrayDataset] = {}
+
+    # ---------------------------------------------------------------- the subject and its geometry
+    @functools.cached_property
+    def subject(self):
+        from kfjax.data.registration_cases import chest_subject, phantom_subject
+
+        with jax.ensure_compile_time_eval():  # may be first needed while a step is traced
+            return chest_subject() if self.config.data.subject == "chest" else phantom_subject()
+
+    @functools.cached_property
+    def extrinsics(self) -> np.ndarray:
+        """(V, 4, 4) world -> camera of the views at the reference pose."""
+        with jax.ensure_compile_time_eval():  # first used inside a jitted step: still host numbers
+            return view_extrinsics(self.subject.centre, self.case_config.views_deg)
+
+    @functools.cached_property
+    def projections(self) -> np.ndarray:
+        """(V, 3, 4) float32 projection matrices K E_v."""
+        with jax.ensure_compile_time_eval():
+            e = jnp.asarray(self.extrinsics, jnp.float32)
+            return np.asarray(carm.projection_matrix(self.camera, e), np.float32)
+
+    @functools.cached_property
+    def _renderers(self):
+        """One DRR renderer per view, stepping along the view's principal axis at the reference pose."""
+        with jax.ensure_compile_time_eval():
+            axes = principal_axis(self.camera, self.extrinsics, self.subject.affine).reshape(-1)
+        return [make_renderer(self.camera, axis=int(a)) for a in axes]
+
+    def render(self, transforms):
+        """DRRs (B, V, H, W) line integrals of the subject's CT moved by ``transforms`` (B, 4, 4)."""
+        s = self.subject
+        volume, affine = jnp.asarray(s.volume, jnp.float32), jnp.asarray(s.affine, jnp.float32)
+        e = jnp.asarray(self.extrinsics, jnp.float32)
+        views = [render(volume, affine, e[v] @ transforms) for v, render in enumerate(self._renderers)]
+        return jax.lax.stop_gradient(jnp.stack(views, 1))
+
+    # ---------------------------------------------------------------- network
+    def network(self) -> PoiTracker:
+        m = self.config.model
+        return PoiTracker(features=m.features, channels=tuple(m.channels), stride=m.stride, patch=m.patch,
+                          norm=m.norm)
+
+    def network_inputs(self, batch) -> tuple:
+        b, v = batch["drr"].shape[:2]
+        flat = lambda x: x.reshape((b * v,) + x.shape[2:])  # noqa: E731
+        return flat(_standardise(batch["drr"])), flat(_standardise(batch["xray"])), flat(batch["uv_drr"])
+
+    def init_variables(self, key, batch):
+        """Parameters from the batch's shapes only (the DRRs and POIs of a real step are not needed)."""
+        b, v = batch["xray"].shape[:2]
+        dummy = {"drr": jnp.zeros_like(batch["xray"]), "xray": batch["xray"],
+                 "uv_drr": jnp.zeros((b, v, self.config.model.n_poi, 2), batch["xray"].dtype)}
+        return super().init_variables(key, dummy)
+
+    # ---------------------------------------------------------------- data
+    def dataset(self, split: str) -> ArrayDataset:
+        if split not in SPLITS:
+            raise InputError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+        if split not in self._datasets:
+            d = self.config.data
+            count = {"train": d.n_train, "val": d.n_val, "test": d.n_test}[split]
+            if count < 1:
+                raise ConfigError(f"data.n_{split} is {count}; the {split} split needs at least one case")
+            c = make_cases(self.subject, split, count, d.seed, self.case_config)
+            self._datasets[split] = ArrayDataset(
+                xray=c.targets.astype(np.float32), gt_transform=c.gt_transform.astype(np.float32),
+                init_transform=c.init_transform.astype(np.float32), window=c.detector["window"].astype(np.int32),
+                case=np.arange(count, dtype=np.int32))
+        return self._datasets[split]
+
+    def batch_spec(self, batch_size: int):
+        v, n = len(self.case_config.views_deg), self.config.data.size
+        f32 = jnp.float32
+        return {"xray": jax.ShapeDtypeStruct((batch_size, v, n, n), f32),
+                "gt_transform": jax.ShapeDtypeStruct((batch_size, 4, 4), f32),
+                "init_transform": jax.ShapeDtypeStruct((batch_size, 4, 4), f32),
+                "window": jax.ShapeDtypeStruct((batch_size, 4), jnp.int32),
+                "case": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
+    def draw_starts(self, gt, key):
+        """Fresh starts (B, 4, 4) = gt ∘ Δ, Δ uniform in the cases' start ranges about the CT centre."""
+        c = self.case_config
+        half = jnp.asarray([*np.deg2rad(c.init_rot_deg), *c.init_trans_mm], jnp.float32)
+        delta = jax.random.uniform(key, (gt.shape[0], 6), jnp.float32, -1.0, 1.0) * half
+        return gt @ transform_from_params(delta, jnp.asarray(self.subject.centre, jnp.float32))
+
+    def prepare(self, batch, key=None):
+        """The batch with DRRs at the start and the POIs: drr (B, V, H, W); poi (B, K, 3) mm; uv_drr, uv_true
+        (B, V, K, 2) px in the DRR and in the X-ray; valid (B, K) inside both DRRs; trackable (B, V, K) also inside
+        the X-ray's window. ``key``: draw fresh starts and POIs (training); None: the batch's starts, POIs fixed
+        by the case index."""
+        d, m = self.config.data, self.config.model
+        gt = batch["gt_transform"]
+        if key is None:
+            init = batch["init_transform"]
+            keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(d.seed), i))(batch["case"])
+        else:
+            start_key, poi_key = jax.random.split(key)
+            init = self.draw_starts(gt, start_key)
+            keys = jax.random.split(poi_key, gt.shape[0])
+        pool = jnp.asarray(self.subject.anchors, gt.dtype)
+        p = jnp.asarray(self.projections, gt.dtype)
+        uv_pool = carm.project(p[None] @ init[:, None], pool[None, None])  # (B, V, M, 2)
+        margin = m.stride * (m.patch - 1) / 2.0
+        visible = jnp.all(_inside(uv_pool, margin, d.size, d.size), axis=1)  # (B, M)
+        gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (pool.shape[0],)))(keys)
+        _, index = jax.lax.top_k(gumbel + jnp.where(visible, 0.0, -1e9), m.n_poi)  # K visible POIs, if there are K
+        poi = pool[index]  # (B, K, 3)
+        uv_drr = jnp.take_along_axis(uv_pool, index[:, None, :, None], axis=2)
+        uv_true = carm.project(p[None] @ gt[:, None], poi[:, None])
+        valid = jnp.take_along_axis(visible, index, axis=1)
+        w = batch["window"].astype(jnp.float32)  # (B, 4): top, bottom, left, right rows/columns
+        in_window = ((uv_true[..., 0] >= w[:, None, None, 2]) & (uv_true[..., 0] <= w[:, None, None, 3])
+                     & (uv_true[..., 1] >= w[:, None, None, 0]) & (uv_true[..., 1] <= w[:, None, None, 1]))
+        trackable = valid[:, None] & in_window & _inside(uv_true, 0.0, d.size, d.size)
+        return {**batch, "init_transform": init, "drr": self.render(init), "poi": poi, "uv_drr": uv_drr,
+                "uv_true": uv_true, "valid": valid, "trackable": trackable}
+
+    # ---------------------------------------------------------------- pose from score maps
+    def solve(self, logits, prepared):
+        """Tracked positions and the pose: {"uv" (B, V, K, 2) px, "confidence" (B, V, K), "points" (B, K, 3) mm
+        (triangulation only), "transform" (B, 4, 4)} from score-map logits (B, V, K, H', W')."""
+        uv, spread, _ = soft_argmax(logits, self.config.model.stride)
+        valid = prepared["valid"].astype(uv.dtype)
+        confidence = valid[:, None] / (1.0 + spread)
+        p = jnp.asarray(self.projections, uv.dtype)
+        if self.config.model.pose == "single_view":
+            centre = jnp.asarray(self.subject.centre, uv.dtype)
+            t = jax.vmap(pnp, in_axes=(None, 0, 0, 0, 0, None))(p[0], uv[:, 0], prepared["poi"], confidence[:, 0],
+                                                              prepared["init_transform"], centre)
+            return {"uv": uv, "confidence": confidence, "transform": t}
+        points = carm.triangulate(p, uv, weights=confidence + 1e-3)  # a floor keeps the DLT well posed
+        t = carm.kabsch(prepared["poi"], points, weights=jnp.prod(confidence, axis=1) + 1e-6)
+        enough = jnp.sum(valid, axis=1) >= 3  # fewer POIs in view: no pose, the start is kept
+        t = jnp.where(enough[:, None, None], t, prepared["init_transform"].astype(t.dtype))
+        return {"uv": uv, "confidence": confidence, "points": points, "transform": t}
+
+    # ---------------------------------------------------------------- steps
+    def train_step(self, state, batch, key):
+        return super().train_step(state, self.prepare(batch, key), key)
+
+    def loss(self, outputs, batch):
+        b, v, k = batch["uv_true"].shape[:3]
+        logits = outputs.reshape((b, v, k) + outputs.shape[-2:])
+        tracking = tracking_loss(logits, batch["uv_true"], batch["trackable"], self.config.model.stride,
+                                 self.config.loss.sigma)
+        solved = self.solve(logits, batch)
+        truth = _apply(batch["gt_transform"], batch["poi"])
+        both = jnp.all(batch["trackable"], axis=1).astype(logits.dtype)
+        error = jnp.linalg.norm(solved["points"] - truth, axis=-1) if "points" in solved else jnp.zeros_like(both)
+        geometry = jnp.sum(error * both) / jnp.maximum(jnp.sum(both), 1.0)
+        return tracking + self.config.loss.geometry_weight * geometry, {"tracking": tracking, "geometry_mm": geometry}
+
+    def predict(self, state, batch):
+        """{"transform" (B, 4, 4), "uv", "confidence", "uv_true", "trackable", ...} of evaluation cases."""
+        prepared = self.prepare(batch)
+        b, v = prepared["drr"].shape[:2]
+        out = self.apply(state.variables("model"), prepared)
+        solved = self.solve(out.reshape((b, v) + out.shape[1:]), prepared)
+        return {**solved, "uv_true": prepared["uv_true"], "uv_drr": prepared["uv_drr"],
+                "trackable": prepared["trackable"], "drr": prepared["drr"]}
+
+    def eval_step(self, state, batch):
+        out = self.predict(state, batch)
+        points = jnp.asarray(self.subject.points, jnp.float32)
+        mtre = metrics.mtre(out["transform"], batch["gt_transform"], points)
+        track = out["trackable"].astype(jnp.float32)
+
+        def track_px(uv):
+            distance = jnp.linalg.norm(uv - out["uv_true"], axis=-1)
+            return jnp.sum(distance * track, axis=(1, 2)) / jnp.maximum(jnp.sum(track, axis=(1, 2)), 1.0)
+
+        return {"mtre": mtre, "mtre_init": metrics.mtre(batch["init_transform"], batch["gt_transform"], points),
+                "failure": (mtre > FAILURE_MM).astype(jnp.float32), "tracking_px": track_px(out["uv"]),
+                "tracking_px_init": track_px(out["uv_drr"])}
+
+
+def tracking_loss(logits, uv_true, mask, stride: int, sigma: float):
+    """Cross-entropy of the spatial softmax of score maps (B, V, K, H, W) against a Gaussian (σ feature pixels)
+    about the true positions uv_true (B, V, K, 2) px, mean over ``mask`` (B, V, K)."""
+    h, w = logits.shape[-2:]
+    xy = to_feature(uv_true, stride)
+    ys, xs = jnp.arange(h, dtype=logits.dtype), jnp.arange(w, dtype=logits.dtype)
+    d2 = (xs - xy[..., 0, None, None]) ** 2 + (ys[:, None] - xy[..., 1, None, None]) ** 2
+    target = jax.nn.softmax((-d2 / (2 * sigma**2)).reshape(d2.shape[:-2] + (-1,)), axis=-1)
+    log_p = jax.nn.log_softmax(logits.reshape(logits.shape[:-2] + (-1,)), axis=-1)
+    ce = -jnp.sum(target * log_p, axis=-1)
+    m = mask.astype(logits.dtype)
+    return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _standardise(images):
+    """Each image (..., H, W) to zero mean and unit variance."""
+    mean = jnp.mean(images, axis=(-2, -1), keepdims=True)
+    std = jnp.std(images, axis=(-2, -1), keepdims=True)
+    return (images - mean) / (std + 1e-6)
+
+
+def _inside(uv, margin: float, height: int, width: int):
+    """(...,) whether pixel positions (..., 2) lie at least ``margin`` px inside the detector."""
+    return ((uv[..., 0] >= margin) & (uv[..., 0] <= width - margin)
+            & (uv[..., 1] >= margin) & (uv[..., 1] <= height - margin))
+
+
+def _apply(transforms, points):
+    """Points (B, K, 3) moved by transforms (B, 4, 4)."""
+    return jnp.einsum("bij,bkj->bki", transforms[:, :3, :3], points) + transforms[:, None, :3, 3]
