@@ -25,12 +25,14 @@ or test ones); the prior is resliced nearest-voxel (the operator that made the f
     kfjax train ice_contouring --workdir runs/ice2d
     kfjax train ice_contouring --workdir runs/ice3d --set model.pipeline=3d
     kfjax train ice_contouring --workdir runs/ice2d3d --set model.pipeline=2d3d model.prior_workdir=runs/ice3d
+    kfjax infer ice_contouring --workdir runs/ice2d --input frame.png --out contours/   # a user's ICE frame (2d)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 
 import jax
@@ -39,18 +41,20 @@ import numpy as np
 
 from kfjax import losses
 from kfjax.config import BaseConfig, BaseDataConfig, BaseModelConfig, OptimConfig, TrainConfig
-from kfjax.data.ice import MIN_FIELD_MM, STRUCTURES, ice_case, place_frames, reslice
+from kfjax.data.ice import MIN_FIELD_MM, STRUCTURES, fan_mask, ice_case, place_frames, reslice
 from kfjax.data.pipeline import ArrayDataset
 from kfjax.errors import ConfigError, InputError, KfjaxError
 from kfjax.methods.common.supervised import SupervisedMethod
 from kfjax.methods.registry import from_workdir, register
 from kfjax.nn.unet import UNet
 from kfjax.train.loop import restore_for_eval
+from kfjax.train.method import Inference
 from kfjax.train.state import TrainState
 
 PIPELINES = ("2d", "3d", "2d3d")
 SPLIT_OFFSET = {"train": 0, "val": 100_000, "test": 200_000}  # first case index of each split (disjoint)
 N_CLASSES = len(STRUCTURES)
+OUTPUT_FILES = ("labels.png", "labels.nii.gz", "contours.png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +87,12 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InferConfig:
+    low: float = 0.5  # input intensity percentile mapped to 0
+    high: float = 99.0  # input intensity percentile mapped to 1 (the simulated frames: 99th envelope percentile)
+
+
+@dataclasses.dataclass(frozen=True)
 class IceContouringConfig(BaseConfig):
     seed: int = 0  # seeds initialisation, data order and per-step keys
     data: DataConfig = DataConfig()
@@ -90,6 +100,43 @@ class IceContouringConfig(BaseConfig):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=20)  # paper: Adam 2e-4
     train: TrainConfig = TrainConfig(steps=300, log_every=20, checkpoint_every=100)
+    infer: InferConfig = InferConfig()  # `kfjax infer` (2d runs): the input's intensity percentiles
+
+
+@dataclasses.dataclass(frozen=True)
+class Contours:
+    """What ``infer`` returns: the frame (H, W) as displayed, normalised to [0, 1], its labels (H, W) uint8
+    (indices of ``STRUCTURES``) and the input's affine, for :meth:`write`."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+
+    def write(self, folder: str | os.PathLike) -> list[Path]:
+        """Write :data:`OUTPUT_FILES` into ``folder`` (created if missing), each under a temporary name then
+        renamed: the labels as an 8-bit PNG (value = structure index) and as NIfTI with the input's affine and
+        voxel layout, and a panel of the frame and its labels. Returns the paths written."""
+        from PIL import Image
+
+        from kfjax.io import Volume, save_nifti
+        from kfjax.viz import image_panel
+
+        folder = Path(folder)
+        folder.mkdir(exist_ok=True)
+        writers = {OUTPUT_FILES[0]: lambda tmp: Image.fromarray(self.labels).save(tmp, format="PNG"),
+                   OUTPUT_FILES[1]: lambda tmp: save_nifti(Volume(self.labels.T.copy(), self.affine), tmp)}
+        written = []
+        for name, write in writers.items():
+            path, tmp = folder / name, folder / f".tmp-{os.getpid()}-{name}"
+            try:
+                write(tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            written.append(path)
+        written.append(image_panel([[self.image, self.labels]], ["ICE frame", "labels: " + ", ".join(STRUCTURES[1:])],
+                                   folder / OUTPUT_FILES[2], cmaps=["gray", "tab10"], vrange=[(0, 1), (0, 9)]))
+        return written
 
 
 def segmentation_loss(logits, label, mask, dice_weight: float):
@@ -148,6 +195,8 @@ class IceContouringMethod(SupervisedMethod):
     Config = IceContouringConfig
     description = "ICE contouring of the LA and pulmonary veins: 2-D, 3-D (sparse sweep volume) and 3-D prior + 2-D"
     paper = "Liao et al., MICCAI 2018"
+    inference = Inference(inputs=("volume",), output="images",
+                          help="structure labels of one 2-D ICE frame (2d runs), into a folder")
 
     def __init__(self, config: IceContouringConfig):
         super().__init__(config)
@@ -303,3 +352,31 @@ class IceContouringMethod(SupervisedMethod):
 
     def eval_step(self, state: TrainState, batch):
         return frame_scores(self.predict(state, batch)["labels"], batch["frame_label"], batch["fan"])
+
+    def infer(self, state: TrainState, inputs, progress: bool = True) -> Contours:
+        """Contour a user's ICE frame (PNG, one DICOM image, a NIfTI holding one slice) with a 2d run.
+
+        The frame is scaled so the `infer.low`/`infer.high` percentiles map to 0 and 1, zero-padded to a square
+        and resampled to `data.frame_shape`; the labels are predicted inside the training fan and resampled back
+        (nearest) to the input's pixels. The frame should be a sector image with its apex at the top centre, as
+        the training frames (`kfjax.data.ice.fan_mask`)."""
+        from skimage.transform import resize
+
+        from kfjax.methods.common.landmarks import GridMap, display_image, normalise
+
+        if self.config.model.pipeline != "2d":
+            raise ConfigError(f"kfjax infer ice_contouring contours single frames with a 2d run; this run is "
+                              f"'{self.config.model.pipeline}', which needs a tracked sweep (frames with poses)")
+        h, w = self.config.data.frame_shape
+        if h != w:
+            raise ConfigError(f"kfjax infer needs a run with square frames, this one has data.frame_shape {h}x{w}")
+        volume = inputs["volume"]
+        image = normalise(display_image(volume), (self.config.infer.low, self.config.infer.high))
+        grid = GridMap(image.shape, h)
+        fan = fan_mask((h, w), self.config.data.depth_mm)[0].astype(np.float32)
+        predict = jax.jit(lambda x, f: self.predict(state, {"frames": x, "fan": f})["labels"])
+        labels = np.asarray(predict(grid.to_training(image)[None, None, ..., None], fan[None]))[0, 0]
+        square = resize(labels, (grid.side, grid.side), order=0, preserve_range=True, anti_aliasing=False)
+        (top, left), (rows, cols) = grid.pad, grid.shape
+        out = np.ascontiguousarray(square[top:top + rows, left:left + cols]).astype(np.uint8)
+        return Contours(image, out, np.asarray(volume.affine, np.float64))

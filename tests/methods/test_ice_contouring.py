@@ -1,6 +1,7 @@
 """ICE contouring: batch shapes of the three pipelines; a jitted step lowers the loss (2d, 3d); sharded == single
 device (2d, float64); 2d3d inputs carry a 3-D prior from a trained 3d run; the truth scores Dice 1 on the frames
-through eval for every pipeline; the Dice conventions; bad settings are ConfigErrors."""
+through eval for every pipeline; the Dice conventions; bad settings are ConfigErrors; `kfjax infer` on a user's
+frame (2d runs)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ from kfjax.cli import main
 from kfjax.config import apply_overrides, save_json
 from kfjax.data.ice import STRUCTURES
 from kfjax.errors import ConfigError
-from kfjax.methods.ice_contouring import IceContouringConfig, IceContouringMethod, frame_scores
+from kfjax.methods.ice_contouring import OUTPUT_FILES, IceContouringConfig, IceContouringMethod, frame_scores
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
 from kfjax.train.precision import cast_floats
@@ -198,3 +199,54 @@ def test_bad_settings_are_config_errors(tmp_path):
         _method("data.spacing=4.0")  # 16 x 4 mm = 64 mm
     with pytest.raises(ConfigError, match="must divide"):
         _method("data.frame_shape=30,32", "model.channels=4,8,16")
+
+
+@pytest.fixture(scope="module")
+def run2d(tmp_path_factory):
+    """A tiny 2d run trained for two steps through the CLI, and one simulated test frame saved as PNG and NIfTI."""
+    import nibabel as nib
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("ice_infer")
+    assert main(["train", "ice_contouring", "--workdir", str(root / "run"), "--no-progress", "--set", *TINY,
+                 "train.steps=2"]) == 0
+    frame = _method().dataset("test")[np.arange(1)]["frames"][0, 1, ..., 0]  # (32, 32) in [0, 1]
+    tall = np.pad(frame, ((6, 10), (0, 0)))  # (48, 32): not the training shape
+    Image.fromarray(np.round(tall * 255).astype(np.uint8)).save(root / "frame.png")
+    affine = np.diag([0.5, 0.7, 1.0, 1.0])
+    affine[:3, 3] = [10.0, -4.0, 2.0]
+    nib.save(nib.Nifti1Image(tall.T.astype(np.float32), affine), root / "frame.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), root / "volume.nii.gz")
+    return root, tall, affine
+
+
+def _infer(root, source, out, *extra):
+    return main(["infer", "ice_contouring", "--workdir", str(root / "run"), "--input", str(root / source),
+                 "--out", str(root / out), *extra])
+
+
+def test_cli_infer_writes_labels_at_the_input_pixels_with_its_affine(run2d):
+    """Labels come back at the input's (48, 32) pixels, as an 8-bit PNG of structure indices and as NIfTI with
+    the input's affine; outside the training fan (its top corners) they are background."""
+    import nibabel as nib
+    from PIL import Image
+
+    root, tall, affine = run2d
+    assert _infer(root, "frame.nii.gz", "out_nii") == 0
+    assert sorted(p.name for p in (root / "out_nii").iterdir()) == sorted(OUTPUT_FILES)
+    labels = np.asarray(Image.open(root / "out_nii" / "labels.png"))
+    assert labels.shape == tall.shape and labels.dtype == np.uint8 and labels.max() < len(STRUCTURES)
+    assert labels[0, 0] == 0 and labels[0, -1] == 0  # the corners beside the apex are outside every fan
+    saved = nib.load(root / "out_nii" / "labels.nii.gz")
+    np.testing.assert_allclose(saved.affine, affine)
+    np.testing.assert_array_equal(np.asarray(saved.dataobj).T, labels)
+    assert _infer(root, "frame.png", "out_png") == 0
+    assert np.asarray(Image.open(root / "out_png" / "labels.png")).shape == tall.shape
+
+
+def test_cli_infer_refuses_a_volume_and_a_sweep_pipeline(run2d, tmp_path, capsys):
+    root, _, _ = run2d
+    assert _infer(root, "volume.nii.gz", "vol_out") == 2
+    assert "one 2-D image" in capsys.readouterr().err and not (root / "vol_out").exists()
+    with pytest.raises(ConfigError, match="needs a tracked sweep"):
+        _method("model.pipeline=3d").infer(None, {})
