@@ -93,3 +93,40 @@ def pytest_collection_modifyitems(config, items):
 def n_devices() -> int:
     assert jax.device_count() == 4, "tests expect 4 fake CPU devices"
     return jax.device_count()
+
+
+@pytest.fixture(scope="session")
+def sharded_matches_single(n_devices):
+    """check(make_method, rows, steps=2, rtol=1e-7, atol=1e-10): `steps` jitted train steps of a fresh
+    `make_method()` on one batch of `rows` training rows, in float64, give the same losses and parameters on all
+    devices as on one (each test's docstring argues its tolerance)."""
+    import numpy as np
+
+    from kfjax.train.loop import init_train_state
+    from kfjax.train.mesh import make_mesh, shard_batch, to_host
+    from kfjax.train.precision import cast_floats
+    from kfjax.train.step import make_train_step
+
+    def run(make_method, rows, steps, devices):
+        method = make_method()
+        mesh = make_mesh(devices)
+        batch = cast_floats(method.dataset("train")[np.arange(rows)], np.float64)
+        state = cast_floats(init_train_state(method, mesh, method.batch_spec(rows)), np.float64)
+        step = make_train_step(method.train_step, mesh)
+        losses = []
+        for _ in range(steps):
+            state, logs = step(state, shard_batch(batch, mesh))
+            losses.append(float(to_host(logs)["loss"]))
+        return mesh, state, losses
+
+    def check(make_method, rows, steps=2, rtol=1e-7, atol=1e-10):
+        with jax.enable_x64(True):
+            _, single, a = run(make_method, rows, steps, jax.devices()[:1])
+            mesh, sharded, b = run(make_method, rows, steps, jax.devices())
+            assert mesh.size == n_devices
+            np.testing.assert_allclose(b, a, rtol=rtol)
+            for x, y in zip(jax.tree.leaves(to_host(single.params)), jax.tree.leaves(to_host(sharded.params))):
+                assert y.dtype == np.float64
+                np.testing.assert_allclose(y, x, rtol=rtol, atol=atol)
+
+    return check

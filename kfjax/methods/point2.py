@@ -49,7 +49,7 @@ from kfjax.errors import ConfigError, InputError
 from kfjax.methods.common.supervised import SupervisedMethod
 from kfjax.methods.registry import register
 from kfjax.nn.poi_tracker import PoiTracker, soft_argmax, to_feature
-from kfjax.physics import carm
+from kfjax.physics import carm, se3
 from kfjax.physics.drr import make_renderer, principal_axis
 from kfjax.register.pose import params_from_transform, transform_from_params
 
@@ -294,7 +294,7 @@ class Point2Method(SupervisedMethod):
         tracking = tracking_loss(logits, batch["uv_true"], batch["trackable"], self.config.model.stride,
                                  self.config.loss.sigma)
         solved = self.solve(logits, batch)
-        truth = _apply(batch["gt_transform"], batch["poi"])
+        truth = se3.apply(batch["gt_transform"], batch["poi"])
         both = jnp.all(batch["trackable"], axis=1).astype(logits.dtype)
         error = jnp.linalg.norm(solved["points"] - truth, axis=-1) if "points" in solved else jnp.zeros_like(both)
         geometry = jnp.sum(error * both) / jnp.maximum(jnp.sum(both), 1.0)
@@ -349,8 +349,3 @@ def _inside(uv, margin: float, height: int, width: int):
     """(...,) whether pixel positions (..., 2) lie at least ``margin`` px inside the detector."""
     return ((uv[..., 0] >= margin) & (uv[..., 0] <= width - margin)
             & (uv[..., 1] >= margin) & (uv[..., 1] <= height - margin))
-
-
-def _apply(transforms, points):
-    """Points (B, K, 3) moved by transforms (B, 4, 4)."""
-    return jnp.einsum("bij,bkj->bki", transforms[:, :3, :3], points) + transforms[:, None, :3, 3]

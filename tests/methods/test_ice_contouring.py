@@ -15,7 +15,6 @@ from kfjax.errors import ConfigError
 from kfjax.methods.ice_contouring import OUTPUT_FILES, IceContouringConfig, IceContouringMethod, frame_scores
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
-from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_train_step
 
 # 16^3 voxels at 7 mm = 112 mm, the smallest field that holds the anatomy (ice.MIN_FIELD_MM); 4 frames of 32^2
@@ -88,31 +87,11 @@ def test_jitted_step_lowers_the_loss_on_a_fixed_batch(pipeline):
 
 
 @pytest.mark.slow
-def test_sharded_2d_steps_match_single_device(n_devices):
+def test_sharded_2d_steps_match_single_device(sharded_matches_single):
     """Two steps on 4 devices equal two on one, in float64: the runs differ only in the order of float sums
     (gradient all-reduce, means over ~4e3 pixels), ~n u = 1e4 x 1.1e-16 relative; Adam's updates inherit it.
     rtol 1e-7 keeps a margin of 1e4 and is far below what a sharding error (a per-device mean) changes (>1e-3)."""
-
-    def run(devices):
-        method = _method()
-        mesh = make_mesh(devices)
-        batch = cast_floats(method.dataset("train")[np.arange(4)], np.float64)
-        state = cast_floats(init_train_state(method, mesh, method.batch_spec(4)), np.float64)
-        step = make_train_step(method.train_step, mesh)
-        losses = []
-        for _ in range(2):
-            state, logs = step(state, shard_batch(batch, mesh))
-            losses.append(float(to_host(logs)["loss"]))
-        return mesh, state, losses
-
-    with jax.enable_x64(True):
-        _, single, a = run(jax.devices()[:1])
-        mesh, sharded, b = run(jax.devices())
-        assert mesh.size == n_devices
-        np.testing.assert_allclose(b, a, rtol=1e-7)
-        for x, y in zip(jax.tree.leaves(to_host(single.params)), jax.tree.leaves(to_host(sharded.params))):
-            assert y.dtype == np.float64
-            np.testing.assert_allclose(y, x, rtol=1e-7, atol=1e-10)
+    sharded_matches_single(_method, rows=4)
 
 
 @pytest.mark.slow  # ~60 s on a busy 2-core CPU: trains the prior through the CLI, then compiles three networks

@@ -15,9 +15,7 @@ from kfjax.errors import ConfigError
 from kfjax.methods.point2 import Point2Config, Point2Method, tracking_loss
 from kfjax.nn.poi_tracker import correlate, sample_patches, soft_argmax, to_feature
 from kfjax.train.loop import init_train_state
-from kfjax.train.mesh import make_mesh, shard_batch, to_host
-from kfjax.train.precision import cast_floats
-from kfjax.train.step import make_train_step
+from kfjax.train.mesh import make_mesh
 
 # the procedural chest (no data) on a 32² detector: 6.25 mm pixels, 12 POIs, a two-level feature U-Net
 TINY = ["data.subject=phantom", "data.size=32", "data.n_train=4", "data.n_val=2", "data.n_test=4",
@@ -133,32 +131,12 @@ def test_jitted_step_lowers_the_loss_on_a_fixed_batch():
 
 
 @pytest.mark.slow
-def test_sharded_steps_match_single_device(n_devices):
+def test_sharded_steps_match_single_device(sharded_matches_single):
     """Two steps on 4 devices equal two on one, in float64. Each case's starts, DRRs and POIs are computed per
     row (no cross-row sums), so the runs differ only in the order of the sums of the loss means and the gradient
     all-reduce: ~n u = 1e4 x 1.1e-16 relative. rtol 1e-7 keeps a margin of 1e4 and is far below what a sharding
     error (a per-device mean, a key split per device) changes (>1e-3)."""
-
-    def run(devices):
-        method = _method("data.batch_size=4")
-        mesh = make_mesh(devices)
-        batch = cast_floats(method.dataset("train")[np.arange(4)], np.float64)
-        state = cast_floats(init_train_state(method, mesh, method.batch_spec(4)), np.float64)
-        step = make_train_step(method.train_step, mesh)
-        losses = []
-        for _ in range(2):
-            state, logs = step(state, shard_batch(batch, mesh))
-            losses.append(float(to_host(logs)["loss"]))
-        return mesh, state, losses
-
-    with jax.enable_x64(True):
-        _, single, a = run(jax.devices()[:1])
-        mesh, sharded, b = run(jax.devices())
-        assert mesh.size == n_devices
-        np.testing.assert_allclose(b, a, rtol=1e-7)
-        for x, y in zip(jax.tree.leaves(to_host(single.params)), jax.tree.leaves(to_host(sharded.params))):
-            assert y.dtype == np.float64
-            np.testing.assert_allclose(y, x, rtol=1e-7, atol=1e-10)
+    sharded_matches_single(lambda: _method("data.batch_size=4"), rows=4)
 
 
 @pytest.mark.parametrize("override, message", [
