@@ -18,8 +18,14 @@ CT's DRRs match the X-ray views, whose C-arm geometry at ``T = I`` is in the geo
   X-ray as a line integral in gray, the edges of the DRR at the found pose in green). Everything is written
   into a temporary folder first and moved into place once complete.
 
-Estimators are a dict (``ESTIMATORS``): a method takes the prepared :class:`Problem` and returns the pose;
-a learned estimate would be one more entry (with its own options) that can call the intensity one to refine.
+Estimators (``--method``, the dict ``ESTIMATORS``) take the prepared :class:`Problem` and return the pose:
+
+- ``intensity`` (default): intensity-based registration from ``--init``.
+- ``point2``: POINT² (:mod:`kfjax.methods.point2`) with the trained run in ``--checkpoint DIR``: one forward
+  pass from ``--init`` (points of interest drawn from the CT's bone, tracked in every view, triangulated,
+  Kabsch); the X-rays are resampled so that a pixel covers as much anatomy as in training. ``--refine`` then
+  runs the intensity registration from that pose (the paper's POINT² + optimisation). The network learned
+  one subject's anatomy and the benchmark's C-arm; on another patient or anatomy, check the overlays.
 """
 
 from __future__ import annotations
@@ -64,15 +70,15 @@ class Problem:
     init: np.ndarray
 
 
-def _intensity(problem: Problem, args) -> tuple[np.ndarray, float]:
-    """Intensity-based registration (:func:`kfjax.register.intensity.register`), one call per level so that
-    each level reports a progress line. Returns (params (6,) rad/mm, mean similarity over the views)."""
+def _intensity(problem: Problem, args) -> np.ndarray:
+    """Intensity-based registration (:func:`kfjax.register.intensity.register`) from ``problem.init``, one call
+    per level so that each level reports a progress line. Returns params (6,) rad/mm."""
     import jax
 
     from kfjax.register import intensity as ri
 
     levels = _levels(args.levels)
-    params, sim = problem.init, float("nan")
+    params = problem.init
     for k, lv in enumerate(levels):
         t0 = time.perf_counter()
         res = ri.register(problem.mu, problem.affine, problem.targets, problem.extrinsics, problem.camera, params,
@@ -81,11 +87,45 @@ def _intensity(problem: Problem, args) -> tuple[np.ndarray, float]:
         cam = problem.camera.scaled(lv.scale)
         print(f"level {k + 1}/{len(levels)}: {cam.height}x{cam.width} detector, {lv.steps} steps, "
               f"similarity {sim:.4f} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
-    return params, sim
+    return params
 
 
-#: --method name -> estimator(problem, args) -> (params (6,) rad/mm, similarity)
-ESTIMATORS = {"intensity": _intensity}
+def _point2(problem: Problem, args) -> np.ndarray:
+    """POINT² (:meth:`kfjax.methods.point2.Point2Method.estimate`) with the trained run in ``--checkpoint``: one
+    forward pass from ``problem.init`` on a detector resampled to the training pixel size; with ``--refine``,
+    intensity registration from its pose (POINT² + optimisation). Returns params (6,) rad/mm."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from kfjax.methods import registry
+    from kfjax.register.pose import params_from_transform, resize_images, transform_from_params
+    from kfjax.train.loop import restore_for_eval
+
+    if not args.checkpoint:
+        raise InputError("--method point2 needs --checkpoint DIR, the folder of a `kfjax train point2` run")
+    t0 = time.perf_counter()
+    method = registry.from_workdir("point2", args.checkpoint)
+    state = restore_for_eval(method, args.checkpoint)
+    full = problem.full_camera
+    scene = method.scene_for(problem.mu, problem.affine, problem.centre, full, problem.extrinsics)
+    xrays = resize_images(jnp.asarray(problem.images, jnp.float32), scene.camera.height, scene.camera.width)
+    centre = jnp.asarray(problem.centre, jnp.float32)
+    init = transform_from_params(jnp.asarray(problem.init, jnp.float32), centre)
+    out = method.estimate(state, scene, xrays, init)
+    params = np.asarray(jax.device_get(params_from_transform(out["transform"], centre)), np.float64)
+    tracked = int(np.sum(np.asarray(out["valid"])))
+    print(f"point2: {tracked} points of interest tracked in {len(problem.extrinsics)} views on a "
+          f"{scene.camera.height}x{scene.camera.width} detector ({time.perf_counter() - t0:.1f} s)",
+          file=sys.stderr, flush=True)
+    if tracked < 3:
+        print("point2: fewer than 3 points of interest in view; the start pose is kept", file=sys.stderr, flush=True)
+    return _intensity(dataclasses.replace(problem, init=params), args) if args.refine else params
+
+
+#: --method name -> estimator(problem, args) -> params (6,) rad/mm
+ESTIMATORS = {"intensity": _intensity, "point2": _point2}
 
 
 def add_parser(sub) -> None:
@@ -98,6 +138,10 @@ def add_parser(sub) -> None:
     p.add_argument("--init", help="start pose JSON: {\"rotation_deg\": [3], \"translation_mm\": [3]} or "
                                   "{\"transform\": 4x4}; default identity")
     p.add_argument("--method", choices=sorted(ESTIMATORS), default="intensity", help="pose estimator")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="--method point2: the folder of a `kfjax train point2` run (its config.json and checkpoints)")
+    p.add_argument("--refine", action="store_true",
+                   help="--method point2: then intensity registration from its pose (POINT² + optimisation)")
     p.add_argument("--similarity", choices=["gc", "ncc"], default="gc",
                    help="gradient correlation (default) or normalised cross-correlation")
     p.add_argument("--xray-kind", choices=["line_integral", "intensity"], default="line_integral",
@@ -276,8 +320,10 @@ def run(args) -> int:
     from kfjax.register.similarity import SIMILARITY_FUNCTIONS
 
     out = _output_folder(args.out)
+    if args.method != "point2" and (args.checkpoint or args.refine):
+        raise InputError("--checkpoint and --refine belong to --method point2; drop them or add --method point2")
     problem = _prepare(args)
-    params, sim = ESTIMATORS[args.method](problem, args)
+    params = ESTIMATORS[args.method](problem, args)
     transform = gf.params_to_transform(params, problem.centre)
 
     # per-view similarity at the working detector, overlays on a detector of at most OVERLAY_MAX pixels
@@ -290,8 +336,10 @@ def run(args) -> int:
     shown = np.asarray(drr.make_renderer(cam)(problem.mu, problem.affine, ext))
     xrays = np.asarray(resize_images(jnp.asarray(problem.images), cam.height, cam.width))
     overlays = [(f"overlay{k + 1}_{_safe_name(x)}.png", overlay(xrays[k], shown[k])) for k, x in enumerate(args.xray)]
+    sim = float(np.mean(per_view))
+    learned = {"checkpoint": str(args.checkpoint), "refined": bool(args.refine)} if args.method == "point2" else {}
     record = gf.pose_record(params, problem.centre, similarity={"name": args.similarity, "mean": sim,
-                                                               "per_view": per_view}, method=args.method)
+                                                               "per_view": per_view}, method=args.method, **learned)
     written = _write_outputs(out, record, overlays)
 
     c = problem.centre

@@ -87,7 +87,7 @@ METAL_REACH_MM = 100.0  # tools are anchored at bone voxels within this distance
 METAL_SUPERSAMPLE = 4  # rays per pixel side for the tools' line integrals (a wire is thinner than a pixel)
 TARGET_SCALE = 12.0  # line integral shown white before the gamma: above -log(1 / 5e4), the largest measurable
 _POINT_SEED = 0  # stream of the subject's target points and anchors (fixed: the same for every case and split)
-_ANCHORS = 5000  # bone anchors kept per subject
+ANCHORS = 5000  # bone anchors kept per subject (and per user CT registered by POINT²)
 _CHUNK = 8  # poses per jitted render call (a fixed shape: one compile per stepping axis)
 _PARTS = {"pose": 0, "start": 1, "detector": 2, "metal": 3, "noise": 4}  # a case's random streams; noise + view
 
@@ -207,7 +207,7 @@ def _points_and_anchors(bone_index, affine, centre, points: int):
     near = near[np.linalg.norm(near - centre, axis=1) <= METAL_REACH_MM]
     if len(near) == 0:
         raise InputError(f"no bone within {METAL_REACH_MM} mm of the centre to anchor tools to")
-    return pts, near[rng.choice(len(near), min(_ANCHORS, len(near)), replace=False)]
+    return pts, near[rng.choice(len(near), min(ANCHORS, len(near)), replace=False)]
 
 
 @functools.lru_cache(maxsize=2)

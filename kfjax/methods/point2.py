@@ -44,13 +44,14 @@ import numpy as np
 from kfjax import metrics
 from kfjax.config import BaseConfig, BaseDataConfig, BaseModelConfig, OptimConfig, TrainConfig
 from kfjax.data.pipeline import ArrayDataset
-from kfjax.data.registration_cases import PAIRS, SPLITS, CaseConfig, camera, make_cases, view_extrinsics
+from kfjax.data.registration_cases import (ANCHORS, METAL_REACH_MM, PAIRS, SPLITS, CaseConfig, camera,
+                                           make_cases, view_extrinsics)
 from kfjax.errors import ConfigError, InputError
 from kfjax.methods.common.supervised import SupervisedMethod
 from kfjax.methods.registry import register
 from kfjax.nn.poi_tracker import PoiTracker, soft_argmax, to_feature
 from kfjax.physics import carm, se3
-from kfjax.physics.drr import make_renderer, principal_axis
+from kfjax.physics.drr import hu_to_mu, make_renderer, principal_axis
 from kfjax.register.pose import params_from_transform, transform_from_params
 
 SUBJECTS = ("chest", "phantom")
@@ -58,6 +59,8 @@ POSES = ("triangulation", "single_view")
 FAILURE_MM = 10.0  # gross failure: mTRE above this (the paper's and the talk's threshold)
 PNP_ITERATIONS = 20  # Gauss-Newton steps of the single-view pose
 PNP_DAMPING = 1e-3  # Levenberg-Marquardt damping, relative to the diagonal of JᵀWJ
+ANCHOR_HU = 250.0  # a user's CT: POIs are drawn from voxels at or above this (cancellous bone and denser)
+ANCHOR_SEED = 0  # stream that picks a user's CT anchors (fixed: the same CT gives the same pool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,52 @@ class Point2Config(BaseConfig):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=50, grad_clip=1.0)  # paper: Adam 2e-4
     train: TrainConfig = TrainConfig(steps=1500, log_every=50, checkpoint_every=500)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Scene:
+    """One CT seen by fixed views: what the tracker's inputs and the pose solve need besides the X-rays.
+
+    volume: (X, Y, Z) μ 1/mm, the CT the DRRs are rendered from; affine: (4, 4) index -> mm. anchors: (M, 3) mm,
+    the pool the POIs are drawn from (bone voxels). centre: (3,) mm, the rotation centre of the pose parameters.
+    camera: the detector (:class:`kfjax.physics.carm.CArm`, both sides a multiple of the network's stride x
+    2**(levels - 1)); extrinsics: (V, 4, 4) world -> camera of the views at T = I.
+    """
+
+    volume: np.ndarray
+    affine: np.ndarray
+    anchors: np.ndarray
+    centre: np.ndarray
+    camera: carm.CArm
+    extrinsics: np.ndarray
+
+    @functools.cached_property
+    def projections(self) -> np.ndarray:
+        """(V, 3, 4) float32 projection matrices K E_v."""
+        with jax.ensure_compile_time_eval():  # first used inside a jitted step: still host numbers
+            e = jnp.asarray(self.extrinsics, jnp.float32)
+            return np.asarray(carm.projection_matrix(self.camera, e), np.float32)
+
+    @functools.cached_property
+    def renderers(self):
+        """One DRR renderer per view, stepping along the view's principal axis at T = I."""
+        with jax.ensure_compile_time_eval():
+            axes = principal_axis(self.camera, self.extrinsics, self.affine).reshape(-1)
+        return [make_renderer(self.camera, axis=int(a)) for a in axes]
+
+    def render(self, transforms):
+        """DRRs (B, V, H, W) line integrals of the CT moved by ``transforms`` (B, 4, 4)."""
+        volume, affine = jnp.asarray(self.volume, jnp.float32), jnp.asarray(self.affine, jnp.float32)
+        e = jnp.asarray(self.extrinsics, jnp.float32)
+        views = [render(volume, affine, e[v] @ transforms) for v, render in enumerate(self.renderers)]
+        return jax.lax.stop_gradient(jnp.stack(views, 1))
+
+
+def isocentre_pixel_mm(camera, extrinsic, centre) -> float:
+    """Detector pixel pitch (mm) scaled to the depth of ``centre`` (3,) mm in the view ``extrinsic`` (4, 4): the
+    size of a pixel on the anatomy, what the tracker's features are tuned to."""
+    depth = float((np.asarray(extrinsic, np.float64) @ np.append(np.asarray(centre, np.float64), 1.0))[2])
+    return float(np.sqrt(camera.dx * camera.dy)) * depth / camera.sdd
 
 
 def pnp(p, uv, points, weights, init, centre):
@@ -156,32 +205,48 @@ class Point2Method(SupervisedMethod):
             return chest_subject() if self.config.data.subject == "chest" else phantom_subject()
 
     @functools.cached_property
+    def scene(self) -> Scene:
+        """The training subject seen by the benchmark's views (the scene of every split)."""
+        s = self.subject
+        with jax.ensure_compile_time_eval():  # first used inside a jitted step: still host numbers
+            extrinsics = view_extrinsics(s.centre, self.case_config.views_deg)
+        return Scene(s.volume, s.affine, s.anchors, s.centre, self.camera, extrinsics)
+
+    def scene_for(self, volume, affine, centre, camera, extrinsics) -> Scene:
+        """A user's CT and views as a :class:`Scene`. volume: (X, Y, Z) μ 1/mm; affine (4, 4); centre (3,) mm;
+        camera: the X-rays' detector; extrinsics (V, 4, 4) world -> camera at T = I. Anchors: up to ANCHORS voxels
+        of at least ANCHOR_HU within METAL_REACH_MM of the centre (as the training anchors). The detector is resampled (same field of view) so that a pixel covers as much
+        anatomy as in training (:func:`isocentre_pixel_mm` at the centre, mean over views), each side rounded to
+        a multiple of stride x 2**(levels - 1)."""
+        m = self.config.model
+        extrinsics = np.asarray(extrinsics, np.float64)
+        if m.pose == "triangulation" and len(extrinsics) < 2:
+            raise InputError("POINT² triangulates: it needs at least 2 X-ray views (model.pose=single_view uses one)")
+        a = np.asarray(affine, np.float64)
+        bone = np.argwhere(np.asarray(volume) >= float(hu_to_mu(ANCHOR_HU))) @ a[:3, :3].T + a[:3, 3]
+        bone = bone[np.linalg.norm(bone - np.asarray(centre, np.float64), axis=1) <= METAL_REACH_MM]
+        if len(bone) < 3:
+            raise InputError(f"the CT has {len(bone)} voxels of at least {ANCHOR_HU:g} HU within {METAL_REACH_MM:g} "
+                             "mm of its centre; POINT² tracks bone and needs a CT with bone about the centre")
+        anchors = bone[np.random.default_rng(ANCHOR_SEED).choice(len(bone), min(ANCHORS, len(bone)), replace=False)]
+        origin = view_extrinsics(np.zeros(3), self.case_config.views_deg)[0]
+        trained = isocentre_pixel_mm(self.camera, origin, np.zeros(3))
+        pitch = np.mean([isocentre_pixel_mm(camera, e, centre) for e in extrinsics])
+        multiple = m.stride * 2 ** (len(m.channels) - 1)
+        h, w = (max(1, round(n * pitch / trained / multiple)) * multiple for n in (camera.height, camera.width))
+        if min(h, w) // m.stride < 8:
+            raise InputError(f"the X-rays cover {camera.height * pitch:.0f} x {camera.width * pitch:.0f} mm at the "
+                             f"CT centre, {h} x {w} pixels at the training pixel size ({trained:.2f} mm): too few "
+                             f"for the tracker (at least {8 * m.stride} per side)")
+        cam = carm.CArm(camera.sdd, h, w, camera.dx * camera.width / w, camera.dy * camera.height / h,
+                        camera.x0, camera.y0)
+        return Scene(np.asarray(volume, np.float32), np.asarray(affine, np.float64), anchors.astype(np.float32),
+                     np.asarray(centre, np.float64), cam, extrinsics)
+
+    @property
     def extrinsics(self) -> np.ndarray:
         """(V, 4, 4) world -> camera of the views at the reference pose."""
-        with jax.ensure_compile_time_eval():  # first used inside a jitted step: still host numbers
-            return view_extrinsics(self.subject.centre, self.case_config.views_deg)
-
-    @functools.cached_property
-    def projections(self) -> np.ndarray:
-        """(V, 3, 4) float32 projection matrices K E_v."""
-        with jax.ensure_compile_time_eval():
-            e = jnp.asarray(self.extrinsics, jnp.float32)
-            return np.asarray(carm.projection_matrix(self.camera, e), np.float32)
-
-    @functools.cached_property
-    def _renderers(self):
-        """One DRR renderer per view, stepping along the view's principal axis at the reference pose."""
-        with jax.ensure_compile_time_eval():
-            axes = principal_axis(self.camera, self.extrinsics, self.subject.affine).reshape(-1)
-        return [make_renderer(self.camera, axis=int(a)) for a in axes]
-
-    def render(self, transforms):
-        """DRRs (B, V, H, W) line integrals of the subject's CT moved by ``transforms`` (B, 4, 4)."""
-        s = self.subject
-        volume, affine = jnp.asarray(s.volume, jnp.float32), jnp.asarray(s.affine, jnp.float32)
-        e = jnp.asarray(self.extrinsics, jnp.float32)
-        views = [render(volume, affine, e[v] @ transforms) for v, render in enumerate(self._renderers)]
-        return jax.lax.stop_gradient(jnp.stack(views, 1))
+        return self.scene.extrinsics
 
     # ---------------------------------------------------------------- network
     def network(self) -> PoiTracker:
@@ -231,14 +296,30 @@ class Point2Method(SupervisedMethod):
         c = self.case_config
         half = jnp.asarray([*np.deg2rad(c.init_rot_deg), *c.init_trans_mm], jnp.float32)
         delta = jax.random.uniform(key, (gt.shape[0], 6), jnp.float32, -1.0, 1.0) * half
-        return gt @ transform_from_params(delta, jnp.asarray(self.subject.centre, jnp.float32))
+        return gt @ transform_from_params(delta, jnp.asarray(self.scene.centre, jnp.float32))
+
+    def views(self, scene: Scene, init, keys) -> dict:
+        """DRRs of ``scene`` at the starts ``init`` (B, 4, 4) and POIs drawn with ``keys`` (B, 2): drr (B, V, H, W);
+        poi (B, K, 3) mm; uv_drr (B, V, K, 2) px; valid (B, K): inside every DRR (fewer than K bone anchors in
+        view leave invalid POIs)."""
+        m = self.config.model
+        cam = scene.camera
+        pool = jnp.asarray(scene.anchors, init.dtype)
+        p = jnp.asarray(scene.projections, init.dtype)
+        uv_pool = carm.project(p[None] @ init[:, None], pool[None, None])  # (B, V, M, 2)
+        margin = m.stride * (m.patch - 1) / 2.0
+        visible = jnp.all(_inside(uv_pool, margin, cam.height, cam.width), axis=1)  # (B, M)
+        gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (pool.shape[0],)))(keys)
+        _, index = jax.lax.top_k(gumbel + jnp.where(visible, 0.0, -1e9), m.n_poi)  # K visible POIs, if there are K
+        uv_drr = jnp.take_along_axis(uv_pool, index[:, None, :, None], axis=2)
+        return {"init_transform": init, "drr": scene.render(init), "poi": pool[index], "uv_drr": uv_drr,
+                "valid": jnp.take_along_axis(visible, index, axis=1)}
 
     def prepare(self, batch, key=None):
-        """The batch with DRRs at the start and the POIs: drr (B, V, H, W); poi (B, K, 3) mm; uv_drr, uv_true
-        (B, V, K, 2) px in the DRR and in the X-ray; valid (B, K) inside both DRRs; trackable (B, V, K) also inside
-        the X-ray's window. ``key``: draw fresh starts and POIs (training); None: the batch's starts, POIs fixed
-        by the case index."""
-        d, m = self.config.data, self.config.model
+        """The batch with :meth:`views` of the training scene and the truth: uv_true (B, V, K, 2) px, each POI in
+        the X-ray; trackable (B, V, K): valid and inside the X-ray's window. ``key``: draw fresh starts and POIs
+        (training); None: the batch's starts, POIs fixed by the case index."""
+        d = self.config.data
         gt = batch["gt_transform"]
         if key is None:
             init = batch["init_transform"]
@@ -247,34 +328,27 @@ class Point2Method(SupervisedMethod):
             start_key, poi_key = jax.random.split(key)
             init = self.draw_starts(gt, start_key)
             keys = jax.random.split(poi_key, gt.shape[0])
-        pool = jnp.asarray(self.subject.anchors, gt.dtype)
-        p = jnp.asarray(self.projections, gt.dtype)
-        uv_pool = carm.project(p[None] @ init[:, None], pool[None, None])  # (B, V, M, 2)
-        margin = m.stride * (m.patch - 1) / 2.0
-        visible = jnp.all(_inside(uv_pool, margin, d.size, d.size), axis=1)  # (B, M)
-        gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (pool.shape[0],)))(keys)
-        _, index = jax.lax.top_k(gumbel + jnp.where(visible, 0.0, -1e9), m.n_poi)  # K visible POIs, if there are K
-        poi = pool[index]  # (B, K, 3)
-        uv_drr = jnp.take_along_axis(uv_pool, index[:, None, :, None], axis=2)
-        uv_true = carm.project(p[None] @ gt[:, None], poi[:, None])
-        valid = jnp.take_along_axis(visible, index, axis=1)
+        seen = self.views(self.scene, init, keys)
+        p = jnp.asarray(self.scene.projections, gt.dtype)
+        uv_true = carm.project(p[None] @ gt[:, None], seen["poi"][:, None])
         w = batch["window"].astype(jnp.float32)  # (B, 4): top, bottom, left, right rows/columns
         in_window = ((uv_true[..., 0] >= w[:, None, None, 2]) & (uv_true[..., 0] <= w[:, None, None, 3])
                      & (uv_true[..., 1] >= w[:, None, None, 0]) & (uv_true[..., 1] <= w[:, None, None, 1]))
-        trackable = valid[:, None] & in_window & _inside(uv_true, 0.0, d.size, d.size)
-        return {**batch, "init_transform": init, "drr": self.render(init), "poi": poi, "uv_drr": uv_drr,
-                "uv_true": uv_true, "valid": valid, "trackable": trackable}
+        trackable = seen["valid"][:, None] & in_window & _inside(uv_true, 0.0, d.size, d.size)
+        return {**batch, **seen, "uv_true": uv_true, "trackable": trackable}
 
     # ---------------------------------------------------------------- pose from score maps
-    def solve(self, logits, prepared):
+    def solve(self, logits, prepared, scene: Scene | None = None):
         """Tracked positions and the pose: {"uv" (B, V, K, 2) px, "confidence" (B, V, K), "points" (B, K, 3) mm
-        (triangulation only), "transform" (B, 4, 4)} from score-map logits (B, V, K, H', W')."""
+        (triangulation only), "transform" (B, 4, 4)} from score-map logits (B, V, K, H', W') of ``scene``'s
+        views (default: the training scene)."""
+        scene = self.scene if scene is None else scene
         uv, spread, _ = soft_argmax(logits, self.config.model.stride)
         valid = prepared["valid"].astype(uv.dtype)
         confidence = valid[:, None] / (1.0 + spread)
-        p = jnp.asarray(self.projections, uv.dtype)
+        p = jnp.asarray(scene.projections, uv.dtype)
         if self.config.model.pose == "single_view":
-            centre = jnp.asarray(self.subject.centre, uv.dtype)
+            centre = jnp.asarray(scene.centre, uv.dtype)
             t = jax.vmap(pnp, in_axes=(None, 0, 0, 0, 0, None))(p[0], uv[:, 0], prepared["poi"], confidence[:, 0],
                                                               prepared["init_transform"], centre)
             return {"uv": uv, "confidence": confidence, "transform": t}
@@ -283,6 +357,25 @@ class Point2Method(SupervisedMethod):
         enough = jnp.sum(valid, axis=1) >= 3  # fewer POIs in view: no pose, the start is kept
         t = jnp.where(enough[:, None, None], t, prepared["init_transform"].astype(t.dtype))
         return {"uv": uv, "confidence": confidence, "points": points, "transform": t}
+
+    def estimate(self, state, scene: Scene, xrays, init, key=None) -> dict:
+        """The pose of a CT from its X-rays, one forward pass: ``xrays`` (V, H, W) line integrals on
+        ``scene.camera``, ``init`` (4, 4) the start. Returns :meth:`solve`'s outputs for this one case (no batch
+        axis) and :meth:`views`'. ``key`` draws the POIs (default ``PRNGKey(0)``)."""
+        cam = scene.camera
+        if xrays.shape != (len(scene.extrinsics), cam.height, cam.width):
+            raise InputError(f"X-rays of shape {tuple(xrays.shape)} do not match the scene's "
+                             f"{len(scene.extrinsics)} views of {cam.height}x{cam.width} pixels")
+
+        def run(variables, xrays, init, key):
+            seen = self.views(scene, init[None], key[None])
+            out = self.apply(variables, {**seen, "xray": xrays[None]})
+            solved = self.solve(out.reshape((1, len(scene.extrinsics)) + out.shape[1:]), seen, scene)
+            return jax.tree.map(lambda x: x[0], {**seen, **solved})
+
+        key = jax.random.PRNGKey(0) if key is None else key
+        return jax.jit(run)(state.variables("model"), jnp.asarray(xrays, jnp.float32), jnp.asarray(init, jnp.float32),
+                            key)
 
     # ---------------------------------------------------------------- steps
     def train_step(self, state, batch, key):

@@ -30,8 +30,8 @@ world) that the views see the CT through, ``E_v @ T`` (:mod:`kfjax.register.inte
     {"transform": 4x4}                                 T itself
 
 ``T x = R(w) (x - c) + c + t`` with ``c`` the CT centre (``"centre_mm"`` when the file gives it). A file
-with both forms must be consistent; ``"similarity"`` and ``"method"`` (written by `kfjax register`) are
-ignored. Every problem raises :class:`kfjax.errors.InputError` with a one-line message.
+with both forms must be consistent; ``"similarity"``, ``"method"``, ``"checkpoint"`` and ``"refined"``
+(written by `kfjax register`) are ignored. Every problem raises :class:`kfjax.errors.InputError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ RIGID_ATOL = 1e-3  # tolerance of an orthonormal rotation block (and of det = +1
 _TOP_KEYS = ("sdd", "pixel_spacing", "detector", "views")
 _VIEW_FORMS = ("extrinsic", "diffdrr", "astra_cone_vec")
 _DIFFDRR_KEYS = ("rotation_deg", "translation_mm", "convention", "orientation")
-_POSE_KEYS = ("rotation_deg", "translation_mm", "transform", "centre_mm", "similarity", "method")
+_POSE_KEYS = ("rotation_deg", "translation_mm", "transform", "centre_mm", "similarity", "method", "checkpoint",
+              "refined")
 
 
 @dataclass(frozen=True)

@@ -277,3 +277,51 @@ def _expect_bad(case, tmp_path, capsys, message, geometry="extrinsic.json", xray
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert set(tmp_path.iterdir()) == before  # nothing written, no temporary folder left
+
+
+# ------------------------------------------------------------------------------------------------ --method point2
+POINT2_TINY = ["data.subject=phantom", "data.size=32", "data.n_train=4", "data.n_val=4", "data.n_test=4",
+               "data.batch_size=4", "model.channels=8,16", "model.features=8", "model.n_poi=12", "train.steps=2",
+               "train.checkpoint_every=2", "train.log_every=1", "train.eval_every=0"]
+
+
+@pytest.fixture(scope="module")
+def point2_run(tmp_path_factory):
+    """A `kfjax train point2` run folder (2 steps on the procedural chest: the pose is untrained, the plumbing is
+    what is tested)."""
+    workdir = tmp_path_factory.mktemp("point2-run")
+    assert main(["train", "point2", "--workdir", str(workdir), "--no-progress", "--set", *POINT2_TINY]) == 0
+    return workdir
+
+
+def test_point2_gives_a_rigid_pose_and_refine_is_intensity_from_it(case, point2_run, tmp_path, capsys):
+    learned = tmp_path / "point2"
+    assert _register(case, learned, "--method", "point2", "--checkpoint", point2_run) == 0
+    err = capsys.readouterr().err
+    assert "points of interest tracked in 2 views" in err
+    pose = json.loads((learned / "pose.json").read_text())
+    assert pose["method"] == "point2" and pose["refined"] is False and pose["checkpoint"] == str(point2_run)
+    t = np.asarray(pose["transform"])
+    np.testing.assert_allclose(t[:3, :3] @ t[:3, :3].T, np.eye(3), atol=1e-5)
+    assert sorted(p.name for p in learned.iterdir()) == ["overlay1_ap.png", "overlay2_lat.png", "pose.json"]
+    refined = tmp_path / "refined"
+    assert _register(case, refined, "--method", "point2", "--checkpoint", point2_run, "--refine") == 0
+    assert [s.split(":")[0] for s in capsys.readouterr().err.splitlines() if s.startswith("level ")] == ["level 1/1"]
+    from_learned = tmp_path / "from-learned"
+    assert _register(case, from_learned, "--init", learned / "pose.json") == 0
+    a, b = (json.loads((f / "pose.json").read_text()) for f in (refined, from_learned))
+    assert a["refined"] is True and b["method"] == "intensity"
+    np.testing.assert_allclose(a["transform"], b["transform"], atol=1e-4)
+
+
+def test_point2_bad_options_are_one_line_and_write_nothing(case, tmp_path, capsys):
+    other = tmp_path / "other-run"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"method": "dudonet", "config": {}}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for extra, message in [(("--method", "point2"), "needs --checkpoint"),
+                           (("--method", "point2", "--checkpoint", empty), "has no config.json"),
+                           (("--method", "point2", "--checkpoint", other), "is for method 'dudonet'"),
+                           (("--refine",), "belong to --method point2")]:
+        _expect_bad(case, tmp_path, capsys, message, extra=[str(e) for e in extra])

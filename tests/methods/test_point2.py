@@ -11,7 +11,7 @@ from scipy import signal
 
 from kfjax import metrics
 from kfjax.config import apply_overrides
-from kfjax.errors import ConfigError
+from kfjax.errors import ConfigError, InputError
 from kfjax.methods.point2 import Point2Config, Point2Method, tracking_loss
 from kfjax.nn.poi_tracker import correlate, sample_patches, soft_argmax, to_feature
 from kfjax.train.loop import init_train_state
@@ -159,3 +159,43 @@ def test_chest_cases_exact_tracks_recover_the_pose():
     solved = method.solve(_exact_logits(prepared, 64), prepared)
     err = metrics.mtre(solved["transform"], batch["gt_transform"], jnp.asarray(method.subject.points, jnp.float32))
     assert np.all(np.asarray(err) < 0.5), err
+
+
+def test_estimate_on_the_training_scene_is_predict():
+    """`estimate` (one user case, the scene passed in) gives the pose that `predict` (the evaluated path) gives
+    for the same case, start and POIs."""
+    method = _method()
+    state = init_train_state(method, make_mesh(), method.batch_spec(2))
+    batch = method.dataset("test")[np.arange(2)]
+    want = method.predict(state, batch)
+    for i in range(2):
+        key = jax.random.fold_in(jax.random.PRNGKey(method.config.data.seed), int(batch["case"][i]))
+        got = method.estimate(state, method.scene, batch["xray"][i], batch["init_transform"][i], key=key)
+        np.testing.assert_allclose(np.asarray(got["uv"]), np.asarray(want["uv"][i]), atol=2e-3)
+        np.testing.assert_allclose(np.asarray(got["transform"]), np.asarray(want["transform"][i]), atol=2e-3)
+
+
+def test_scene_for_a_user_ct_keeps_the_training_pixel_size_and_draws_bone_anchors():
+    from kfjax.data.registration_cases import ANCHORS
+    from kfjax.methods.point2 import ANCHOR_HU, isocentre_pixel_mm
+    from kfjax.physics import carm
+    from kfjax.physics.drr import hu_to_mu
+
+    method = _method()
+    s, train = method.subject, method.scene
+    fine = carm.CArm(train.camera.sdd, 80, 64, train.camera.dx / 2, train.camera.dy / 2)  # half the training pitch
+    scene = method.scene_for(s.volume, s.affine, s.centre, fine, train.extrinsics)
+    assert (scene.camera.height, scene.camera.width) == (40, 32)  # half the pitch: half the pixels, same field
+    assert scene.camera.height * scene.camera.dy == pytest.approx(fine.height * fine.dy)
+    assert isocentre_pixel_mm(scene.camera, scene.extrinsics[0], s.centre) == pytest.approx(
+        isocentre_pixel_mm(train.camera, train.extrinsics[0], s.centre))
+    index = np.rint((scene.anchors - s.affine[:3, 3]) @ np.linalg.inv(s.affine[:3, :3]).T).astype(int)
+    assert 3 <= len(scene.anchors) <= ANCHORS
+    assert np.all(s.volume[tuple(index.T)] >= float(hu_to_mu(ANCHOR_HU)))
+    with pytest.raises(InputError, match="at least 2 X-ray views"):
+        method.scene_for(s.volume, s.affine, s.centre, fine, train.extrinsics[:1])
+    with pytest.raises(InputError, match="bone about the centre"):
+        method.scene_for(np.zeros_like(s.volume), s.affine, s.centre, fine, train.extrinsics)
+    tiny = carm.CArm(train.camera.sdd, 4, 4, train.camera.dx, train.camera.dy)
+    with pytest.raises(InputError, match="too few"):
+        method.scene_for(s.volume, s.affine, s.centre, tiny, train.extrinsics)
