@@ -221,7 +221,7 @@ def table(runs: list[dict], args) -> str:
         cells = [_stat(recs, s, "all", st, 100.0 if st == "fail" else 1.0) for s in SETS
                  for st in ("mean", "p50", "p80", "fail")]
         seconds = ", ".join(f"{r['timings']['train_s']:.0f}" for r in recs)
-        note = f" (lmk1–{args.drl_landmarks} only)" if m == "drl" else ""
+        note = f" (lmk1–{args.drl_landmarks} only)" if m == "drl" and args.drl_landmarks < len(names) else ""
         lines.append(f"| {LABELS[m]}{note} | {len(recs)} | " + " | ".join(cells) +
                      f" | {records.cell([r['metrics']['test']['ms_per_image'] for r in recs], 1)} | {seconds} |")
     lines += ["", "Per landmark, as the talk's table (mm: mean / 50 % / 80 %):", "",
@@ -235,14 +235,15 @@ def table(runs: list[dict], args) -> str:
                 lines.append(f"| lmk{k + 1} ({lname}) | {LABELS[m].split(' (')[0]} | " + " | ".join(cells) + " |")
     compare = []
     n_drl = args.drl_landmarks
+    full = n_drl >= len(names)  # DRL agents for every landmark: compared like the others
     for a in ("sac", "sam", "drl"):
         for s in SETS:
-            if a != "drl" and _by_seed(runs, "i2i_long", s):
+            if (a != "drl" or full) and _by_seed(runs, "i2i_long", s):
                 d = records.paired(_by_seed(runs, a, s), _by_seed(runs, "i2i_long", s))
                 if d.n:
                     compare.append(f"- {a.upper()} − I2I with {LONG}× the steps, {s} set, mean error, all landmarks: "
                                    f"{records.paired_cell(d, 2, 'mm')}; seeds {list(d.seeds)}")
-            if a == "drl":
+            if a == "drl" and not full:
                 d = records.paired(_subset_by_seed(runs, a, s, n_drl), _subset_by_seed(runs, "i2i", s, n_drl))
                 what = f"mean error over lmk1–{n_drl} (DRL's agents)"
             else:
@@ -258,7 +259,7 @@ def table(runs: list[dict], args) -> str:
     if compare:
         lines += ["", "Paired over seeds (per-seed difference, negative = lower error than I2I; mean ± sample std, "
                   "two-sided paired t-test, scipy.stats.ttest_rel):", "", *compare]
-    read = reading(runs, n_drl)
+    read = reading(runs, n_drl, len(names))
     if read:
         lines += ["", "Reading (generated from the same records):", "", *read]
     missing = [m for m in METHODS if m not in present]
@@ -267,14 +268,17 @@ def table(runs: list[dict], args) -> str:
     return "\n".join(lines + ["", footer(runs, args)])
 
 
-def reading(runs: list[dict], n_drl: int) -> list[str]:
-    """The order of the methods on each set (all landmarks without DRL; lmk1..n_drl with it) and whether the
-    talk's ordering (SAC, SAM <= I2I < DRL) appears in the means."""
+def reading(runs: list[dict], n_drl: int, n_landmarks: int) -> list[str]:
+    """The order of the methods on each set (all landmarks, without DRL unless it has an agent for each of the
+    ``n_landmarks``; lmk1..n_drl with it otherwise) and whether the talk's ordering (SAC, SAM <= I2I < DRL)
+    appears in the means."""
     lines = []
+    full = n_drl >= n_landmarks
     for s in SETS:
-        for title, values in (("all landmarks", lambda m: _by_seed(runs, m, s)),
-                              (f"lmk1–{n_drl}", lambda m: _subset_by_seed(runs, m, s, n_drl))):
-            names = [m for m in METHODS if m != "drl" or title != "all landmarks"]
+        views = [("all landmarks", lambda m: _by_seed(runs, m, s))]
+        views += [] if full else [(f"lmk1–{n_drl}", lambda m: _subset_by_seed(runs, m, s, n_drl))]
+        for title, values in views:
+            names = [m for m in METHODS if m != "drl" or title != "all landmarks" or full]
             means = {m: records.mean_std(list(values(m).values()))[0] for m in names}
             means = {m: v for m, v in means.items() if np.isfinite(v)}
             if len(means) < 2:
@@ -357,13 +361,16 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8, help="images per step")
     p.add_argument("--channels", default="8,16,32,32", help="DI2IN channels of I2I and SAM")
     p.add_argument("--patch", type=int, default=32, help="patch side of SAC and DRL")
-    p.add_argument("--drl-landmarks", type=int, default=2, help="DRL agents: one for each of lmk1..lmkN")
+    p.add_argument("--drl-landmarks", type=int, help="DRL agents: one for each of lmk1..lmkN (default: every landmark)")
     p.add_argument("--fail-mm", type=float, default=20.0, help="an error above this is a failure (mm)")
     p.add_argument("--runs", help="folder of the runs (default: runs/ next to this script)")
     p.add_argument("--readme", default=str(HERE / "README.md"), help="file that --write rewrites (panels/ beside it)")
     p.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     p.add_argument("--write", action="store_true", help="replace the results section of the README, write panels/")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.drl_landmarks is None:
+        args.drl_landmarks = len(landmark_names())
+    return args
 
 
 def main(argv=None) -> None:
