@@ -39,6 +39,7 @@ EXTRA = {"view_only": ["model.variant=view_only"], "landmark_only": ["model.vari
          "mtl": ["model.variant=mtl"], "mtl_noadv": ["model.variant=mtl", "loss.adv_weight=0"],
          "mtl_nogcn": ["model.variant=mtl", "model.gcn=false"]}
 PANEL_CASES = (0, 1, 2, 3, 4, 5)  # test rows shown in each panel
+N_TRAIN = 660  # simulated training images by default (60 per view)
 PAPER = ("Paper (Xu et al., MICCAI 2018; 187,219 real abdominal US images; numbers as quoted in the talk): view "
          "accuracy MTL 85.29 %, STL 81.22 %, human (inter-expert agreement) 78.87 %; landmark / measurement errors: "
          "MGCN_R below SFCN and near the inter-user variability (per-measurement mm values not verified here); "
@@ -47,7 +48,7 @@ PAPER = ("Paper (Xu et al., MICCAI 2018; 187,219 real abdominal US images; numbe
 
 def run_root(args) -> Path:
     root = Path(args.runs) if args.runs else HERE / "runs"
-    return root / f"steps{args.steps}-s{args.size}"
+    return root / (f"steps{args.steps}-s{args.size}" + (f"-n{args.n_train}" if args.n_train != N_TRAIN else ""))
 
 
 def build(variant: str, seed: int, args):
@@ -210,9 +211,11 @@ def reading(runs) -> list[str]:
     if human and trained and any(r["metrics"].get("view_accuracy", 0.0) < human["view_accuracy"] for r in trained):
         steps, batch = trained[0]["settings"]["train"]["steps"], trained[0]["settings"]["data"]["batch_size"]
         epochs = steps * batch / trained[0]["data"]["n_train"]
+        above = [r for r in trained if r["metrics"].get("landmark_mm", 0.0) > human["landmark_mm"]]
+        landmarks = " and landmark errors above it" if above else " (the landmark errors are already below it)"
         lines.append(f"- Why the paper's ordering can fail here: the networks are far from converged at this budget "
                      f"({steps} steps of {batch} images, {epochs:.1f} epochs, from scratch): view accuracies below "
-                     "the simulated human's and landmark errors above it, and the seed spread is as large as the "
+                     f"the simulated human's{landmarks}, and the seed spread is as large as the "
                      "gaps. The paper compares converged networks; a longer run (the GPU command above) is the test.")
     return lines
 
@@ -257,7 +260,8 @@ def tables(runs) -> str:
 
 
 def panels(runs, args, out_dir: Path) -> list[str]:
-    """One PNG per method: panel cases with true (red +) and predicted (cyan x) landmarks and the views."""
+    """One PNG per method: panel cases with true (red +) and predicted (cyan x) landmarks and the views; named
+    `<variant>.png`, or `<section>_<variant>.png` for another README section than "results"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,9 +294,10 @@ def panels(runs, args, out_dir: Path) -> list[str]:
             ax.set_xticks([]), ax.set_yticks([])
         fig.suptitle(f"{LABELS[variant]} (seed {found[0]['seed']}); simulated images", fontsize=8)
         fig.tight_layout()
-        fig.savefig(out_dir / f"{variant}.png", dpi=80)
+        name = variant if args.section == "results" else f"{args.section}_{variant}"
+        fig.savefig(out_dir / f"{name}.png", dpi=80)
         plt.close(fig)
-        written.append(f"{out_dir.name}/{variant}.png")
+        written.append(f"{out_dir.name}/{name}.png")
     return written
 
 
@@ -302,7 +307,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=300, help="training steps per run")
     p.add_argument("--batch", type=int, default=16, help="images per step")
     p.add_argument("--size", type=int, default=48, help="image side in pixels")
-    p.add_argument("--n-train", type=int, default=660, help="simulated training images")
+    p.add_argument("--n-train", type=int, default=N_TRAIN, help="simulated training images")
     p.add_argument("--n-test", type=int, default=220, help="simulated test images")
     p.add_argument("--channels", default="8,16,32,64", help="encoder channels per level")
     p.add_argument("--kernel", type=int, default=7, help="GCN kernel k")
@@ -311,6 +316,7 @@ def parse_args(argv=None):
     p.add_argument("--readme", default=str(HERE / "README.md"), help="file that --write rewrites (panels/ beside it)")
     p.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     p.add_argument("--write", action="store_true", help="replace the tables in the README, write panels/")
+    p.add_argument("--section", default="results", help="README section that --write replaces")
     return p.parse_args(argv)
 
 
@@ -334,7 +340,7 @@ def main(argv=None) -> None:
         readme = Path(args.readme)
         names = panels(runs, args, readme.parent / "panels")
         text += "\n\n" + " ".join(f"![{Path(n).stem}]({n})" for n in names)
-        records.write_section(readme, "results", text)
+        records.write_section(readme, args.section, text)
 
 
 if __name__ == "__main__":
