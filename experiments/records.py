@@ -357,8 +357,8 @@ def paired_cell(result: Paired, digits: int = 2, unit: str = "") -> str:
         return "no common seeds"
     if result.n == 1:
         return f"{result.mean:+.{digits}f}{unit} (n = 1, no test)"
-    p = "n/a (no spread)" if math.isnan(result.p) else f"{result.p:.2g}" if result.p >= 0.001 else "< 0.001"
-    return f"{result.mean:+.{digits}f} ± {result.std:.{digits}f}{unit} (n = {result.n}, p = {p})"
+    p = "p = n/a (no spread)" if math.isnan(result.p) else f"p = {result.p:.2g}" if result.p >= 0.001 else "p < 0.001"
+    return f"{result.mean:+.{digits}f} ± {result.std:.{digits}f}{unit} (n = {result.n}, {p})"
 
 
 # ---------------------------------------------------------------- README sections

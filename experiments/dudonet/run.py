@@ -359,6 +359,60 @@ def sweep_table(args) -> str:
     return "\n".join(lines + ["", foot, "", records.environment_summary(used)])
 
 
+RESOLUTION_GEOMETRIES = ("adn_quarter", "adn_half", "adn")  # 64², 128², 256²: the sizes compared, smallest first
+
+
+def resolution_records(args) -> dict[str, tuple[list[dict], list[dict]]]:
+    """geometry -> (image and dual runs, baselines) of ``args``' settings at each RESOLUTION_GEOMETRIES size
+    that has finished image/dual runs (``args.geometry`` is ignored)."""
+    found = {}
+    for geometry in RESOLUTION_GEOMETRIES:
+        at = argparse.Namespace(**{**vars(args), "geometry": geometry})
+        runs = [r for r in records.find(steps_folder(at), f"*/{records.RECORD}")
+                if r["variant"] in ("image", "dual") and r["seed"] in args.seeds]
+        if runs:
+            found[geometry] = (runs, baseline_records(at, compute=False))
+    return found
+
+
+def resolution_table(by_geometry: dict[str, tuple[list[dict], list[dict]]], score: str = "image") -> str:
+    """How the dual-domain gain moves with image size and metal size: per geometry and size group, LI, the
+    image-domain U-Net and DuDoNet (mean ± std over seeds), DuDoNet − image paired over seeds, DuDoNet − LI."""
+    from kfjax.methods.common.mar import N_SIZE_GROUPS as groups
+    from kfjax.physics.geometry import preset
+
+    prefix = SCORE_PREFIX[score]
+    lines = ["| image | metal | LI | image-domain U-Net | DuDoNet | DuDoNet − image (dB), paired over seeds "
+             "| DuDoNet − LI (dB) |", "|---|---|---|---|---|---|---|"]
+    used = []
+    for geometry, (runs, baselines) in by_geometry.items():
+        image = {r["seed"]: r for r in runs if r["variant"] == "image"}
+        dual = {r["seed"]: r for r in runs if r["variant"] == "dual"}
+        seeds = sorted(set(image) & set(dual))
+        if not seeds:
+            continue
+        used += [image[s] for s in seeds] + [dual[s] for s in seeds] + baselines
+        li = next((r for r in baselines if r["variant"] == "LI"), None)
+        h, w = preset(geometry).image_shape
+        for key, label in [*((f"psnr_g{g}", f"g{g}") for g in range(groups)), ("psnr", "all")]:
+            a = {s: dual[s]["metrics"][prefix + key] for s in seeds}
+            b = {s: image[s]["metrics"][prefix + key] for s in seeds}
+            li_value = li["metrics"].get(prefix + key) if li else None
+            over_li = records.cell([a[s] - li_value for s in seeds], 2, sign=True) if li_value is not None else ""
+            lines.append(f"| {h}² ({geometry}) | {label} | {'' if li_value is None else f'{li_value:.2f}'} | "
+                         f"{records.cell(list(b.values()), 2)} | {records.cell(list(a.values()), 2)} | "
+                         f"{records.paired_cell(records.paired(a, b), 2)} | {over_li} |")
+    if not used:
+        return "\n".join(lines + ["", "No finished image/dual pairs of runs."])
+    runs = [r for r in used if r["seed"] is not None]
+    foot = (f"PSNR (dB) outside the metal against {SCORE_TARGETS[score]}, mean ± sample std over seeds; g0 = "
+            "largest metal ... g4 = smallest, all = every test pair. DuDoNet − image: per-seed difference, mean ± "
+            "sample std, two-sided paired t-test (scipy.stats.ttest_rel); DuDoNet − LI: per-seed difference from "
+            f"the (seedless) LI baseline. Networks: {training_summary(runs)}. Test pairs per size: "
+            f"{records.describe(runs, 'data.n_test')}.")
+    return "\n".join(lines + ["", foot, "", records.environment_summary(used)])
+
+
 # ---------------------------------------------------------------- command line
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -377,6 +431,9 @@ def parse_args(argv=None):
     parser.add_argument("--write", action="store_true", help="replace the table (or the sweep) in the README")
     parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     parser.add_argument("--sweep", action="store_true", help="tabulate image vs dual over every finished length")
+    parser.add_argument("--resolution", action="store_true",
+                        help="tabulate image vs dual per image size (64/128/256²) and metal size group from the "
+                             "finished runs of these settings (section 'resolution')")
     parser.add_argument("--score", default="image", choices=list(SCORE_PREFIX),
                         help="what the table scores against: the metal-free μ or the reference reconstruction")
     parser.add_argument("--section", default="table", help="README section that --write replaces")
@@ -393,6 +450,12 @@ def main(argv=None) -> None:
         print(text)
         if args.write:
             records.write_section(args.readme, "sweep", text)
+        return
+    if args.resolution:
+        text = resolution_table(resolution_records(args), args.score)
+        print(text)
+        if args.write:
+            records.write_section(args.readme, "resolution", text)
         return
     baselines = baseline_records(args)  # no training: computed (once) even with --table-only
     if args.table_only:

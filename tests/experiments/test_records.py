@@ -128,7 +128,7 @@ def test_paired_edge_cases():
     assert flat.mean == 1.0 and flat.std == 0.0 and math.isnan(flat.p)
     assert records.paired_cell(flat, 1) == "+1.0 ± 0.0 (n = 2, p = n/a (no spread))"
     small = records.paired({i: 1.0 + i + 1e-3 * (i % 2) for i in range(40)}, {i: float(i) for i in range(40)})
-    assert records.paired_cell(small, 1).endswith("p = < 0.001)")
+    assert records.paired_cell(small, 1).endswith("p < 0.001)")
 
 
 def test_get_distinct_describe_and_diff_keys():

@@ -96,6 +96,33 @@ def test_dudonet_table_comes_from_the_records():
         assert stale not in text, stale
 
 
+def test_dudonet_resolution_table_pairs_seeds_per_size_and_metal_group():
+    small, small_base = _dudonet_records()
+    large, large_base = _dudonet_records()
+    for r in large:  # at the larger size DuDoNet gains 1 dB more in every group
+        r["settings"]["data"]["geometry"] = "adn_half"
+        if r["variant"] == "dual":
+            r["metrics"] = {k: v + 1.0 for k, v in r["metrics"].items()}
+    text = dudonet_run.resolution_table({"adn_quarter": (small, small_base), "adn_half": (large, large_base)})
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| 64²") or line.startswith("| 128²")]
+    assert [(r[0], r[1]) for r in rows][:6] == [("| 64² (adn_quarter)", g) for g in ("g0", "g1", "g2", "g3", "g4",
+                                                                                      "all")]
+    assert len(rows) == 12 and rows[6][0] == "| 128² (adn_half)"
+    for runs, row in ((small, rows[0]), (large, rows[6])):
+        a = {r["seed"]: r["metrics"]["psnr_g0"] for r in runs if r["variant"] == "dual"}
+        b = {r["seed"]: r["metrics"]["psnr_g0"] for r in runs if r["variant"] == "image"}
+        d = [a[s] - b[s] for s in range(3)]
+        p = stats.ttest_rel([a[s] for s in range(3)], [b[s] for s in range(3)]).pvalue
+        assert row[5].startswith(f"{np.mean(d):+.2f} ± {np.std(d, ddof=1):.2f} (n = 3, p")
+        assert (f"p = {p:.2g}" if p >= 0.001 else "p < 0.001") in row[5]
+        assert row[2] == "27.00" and row[6].strip(" |") == records_cell([a[s] - 27.0 for s in range(3)])
+    assert "7 steps of batch 5" in text and "Test CPU 9000" in text and "Test pairs per size: 37" in text
+
+
+def records_cell(values):
+    return f"{np.mean(values):+.2f} ± {np.std(values, ddof=1):.2f}"
+
+
 def test_dudonet_table_scores_against_the_reference_when_asked():
     runs, baselines = _dudonet_records()
     for r in runs + baselines:  # reference scores 10 dB above the image ones
