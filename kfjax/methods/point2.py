@@ -30,6 +30,8 @@ detector pixels) and ``tracking_px_init`` (the same for the DRR positions, i.e. 
 
     kfjax train point2 --workdir runs/point2                          # chest CT (the chest-ct source)
     kfjax eval point2 --workdir runs/point2 --set model.pose=single_view   # POINT on the same tracker
+    kfjax register CT.nii.gz --xray AP.dcm --xray LAT.dcm --geometry carm.json --method point2 \
+        --checkpoint runs/point2 --refine                             # a user's CT (Scene, estimate)
 """
 
 from __future__ import annotations
