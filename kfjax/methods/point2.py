@@ -369,15 +369,17 @@ class Point2Method(SupervisedMethod):
             raise InputError(f"X-rays of shape {tuple(xrays.shape)} do not match the scene's "
                              f"{len(scene.extrinsics)} views of {cam.height}x{cam.width} pixels")
 
-        def run(variables, xrays, init, key):
-            seen = self.views(scene, init[None], key[None])
-            out = self.apply(variables, {**seen, "xray": xrays[None]})
-            solved = self.solve(out.reshape((1, len(scene.extrinsics)) + out.shape[1:]), seen, scene)
-            return jax.tree.map(lambda x: x[0], {**seen, **solved})
-
         key = jax.random.PRNGKey(0) if key is None else key
-        return jax.jit(run)(state.variables("model"), jnp.asarray(xrays, jnp.float32), jnp.asarray(init, jnp.float32),
-                            key)
+        return self._estimate(scene, state.variables("model"), jnp.asarray(xrays, jnp.float32),
+                              jnp.asarray(init, jnp.float32), key)
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def _estimate(self, scene: Scene, variables, xrays, init, key) -> dict:
+        """:meth:`estimate`'s computation, compiled once per (method, scene)."""
+        seen = self.views(scene, init[None], key[None])
+        out = self.apply(variables, {**seen, "xray": xrays[None]})
+        solved = self.solve(out.reshape((1, len(scene.extrinsics)) + out.shape[1:]), seen, scene)
+        return jax.tree.map(lambda x: x[0], {**seen, **solved})
 
     # ---------------------------------------------------------------- steps
     def train_step(self, state, batch, key):
