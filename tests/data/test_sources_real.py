@@ -86,3 +86,17 @@ def test_mni152():
     # white matter fills the centre of the brain more than grey matter does
     c = (slice(80, 120), slice(100, 140), slice(90, 110))
     assert data["wm"].array[c].mean() > data["gm"].array[c].mean()
+
+
+def test_head_ct():
+    v = sources.load("head-ct")
+    assert v.shape == (256, 256, 108) and v.array.dtype == np.float32
+    np.testing.assert_allclose(np.diag(v.affine)[:3], (-0.9570312, 0.9570312, 1.5), rtol=1e-6)
+    assert float(v.array.min()) == -1024.0 and 2500 < float(v.array.max()) < 3100
+    skull = v.array >= 700
+    assert 50_000 < int(skull.sum()) < 1_000_000, "cortical bone of a skull"
+    # orientation: the vault (bone in the top slices) sits above the skull base, the face air in front
+    top, bottom = skull[..., -20:].sum(), skull[..., :20].sum()
+    assert top > 0 and bottom > 0
+    z_bone = np.nonzero(skull.any((0, 1)))[0]
+    assert z_bone[-1] >= 100, "bone reaches the top slices (vault)"
