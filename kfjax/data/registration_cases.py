@@ -71,7 +71,8 @@ from kfjax.errors import ConfigError, InputError
 from kfjax.units import MU_WATER_DRR
 
 __all__ = ["SPLITS", "PAIRS", "TOOLS", "TOOL_MATERIALS", "TARGET_SCALE", "METAL_SUPERSAMPLE", "CaseConfig",
-           "Subject", "Cases", "no_shift", "reference_energy", "chest_subject", "phantom_subject", "view_extrinsics",
+           "Subject", "Cases", "no_shift", "reference_energy", "chest_subject", "head_subject", "phantom_subject",
+           "SUBJECTS", "load_subject", "view_extrinsics",
            "camera", "draw_cases", "make_cases", "cylinder_chords", "initial_mtre"]
 
 SPLITS = ("train", "val", "test")  # a case's random streams start (seed, SPLITS.index(split), index)
@@ -88,6 +89,8 @@ METAL_SUPERSAMPLE = 4  # rays per pixel side for the tools' line integrals (a wi
 TARGET_SCALE = 12.0  # line integral shown white before the gamma: above -log(1 / 5e4), the largest measurable
 _POINT_SEED = 0  # stream of the subject's target points and anchors (fixed: the same for every case and split)
 ANCHORS = 5000  # bone anchors kept per subject (and per user CT registered by POINT²)
+BONE_HU = 250.0  # bone by threshold where a CT has no bone labels (head CT, a user's CT): cancellous and denser
+BODY_HU = -400.0  # the head CT's body: the largest connected region above this (drops the head holder)
 _CHUNK = 8  # poses per jitted render call (a fixed shape: one compile per stepping axis)
 _PARTS = {"pose": 0, "start": 1, "detector": 2, "metal": 3, "noise": 4}  # a case's random streams; noise + view
 
@@ -241,6 +244,38 @@ def chest_subject(target_downsample=(2, 2, 1), volume_downsample=(4, 4, 1), poin
 
 
 @functools.lru_cache(maxsize=2)
+def head_subject(volume_downsample=(2, 2, 1), points: int = 1000) -> Subject:
+    """The ``head-ct`` source (256x256x108, 0.957x0.957x1.5 mm, skull base to vertex, teeth with fillings) as a
+    :class:`Subject`: a second anatomy, with no labels.
+
+    Only the head is kept: voxels outside the largest connected region above ``BODY_HU`` (the scanner's head
+    holder) become air (-1000 HU). Bone is ``BONE_HU`` and above inside the head (skull, mandible, cervical
+    vertebrae, dental fillings). DRR volume: ``drr.hu_to_mu`` block-averaged ``volume_downsample`` (1.9 mm in
+    plane). Target volume on the CT's grid: water (everything but the bone's excess over the soft-tissue fill)
+    and bone (:func:`kfjax.data.xray_decomposition.split_components`), non-bone voxels capped at
+    ``SOFT_CAP_HU``. Points: ``points`` random bone voxels; anchors: bone voxels within METAL_REACH_MM of the centre.
+    """
+    from scipy import ndimage
+
+    from kfjax.data.sources import load
+    from kfjax.physics.drr import hu_to_mu
+    from kfjax.register.pose import downsample_volume, volume_centre
+
+    ct = load("head-ct")
+    hu, affine = np.asarray(ct.array, np.float32), np.asarray(ct.affine, np.float64)
+    regions, _ = ndimage.label(hu > BODY_HU)
+    head = regions == np.argmax(np.bincount(regions.ravel())[1:]) + 1
+    hu = np.where(head, hu, np.float32(-1000.0))
+    bone = head & (hu >= BONE_HU)
+    volume, vol_affine = downsample_volume(np.asarray(hu_to_mu(hu)), affine, volume_downsample)
+    capped = np.where(bone, hu, np.minimum(hu, SOFT_CAP_HU))
+    b, lu, soft = split_components(np.asarray(hu_to_mu(capped)), bone, np.zeros_like(bone))
+    centre = volume_centre(affine, hu.shape)
+    pts, anchors = _points_and_anchors(np.argwhere(bone), affine, centre, points)
+    return Subject("head-ct", volume, vol_affine, np.stack([lu + soft, b], -1), affine, centre, pts, anchors)
+
+
+@functools.lru_cache(maxsize=2)
 def phantom_subject(points: int = 200) -> Subject:
     """The procedural chest of :func:`kfjax.data.xray_decomposition.phantom_components` (56x40x56 voxels of
     6 mm, no data needed) as a :class:`Subject`: the DRR volume is the target volume's sum on the same grid."""
@@ -249,6 +284,16 @@ def phantom_subject(points: int = 200) -> Subject:
     centre = _world((np.asarray(parts.shape[:3]) - 1) / 2.0, affine)
     pts, anchors = _points_and_anchors(np.argwhere(parts[..., 0] > 0), affine, centre, points)
     return Subject("phantom", target.sum(-1), affine, target, affine, centre, pts, anchors)
+
+
+SUBJECTS = {"chest": chest_subject, "head": head_subject, "phantom": phantom_subject}  # name -> loader
+
+
+def load_subject(name: str) -> Subject:
+    """The registration subject called ``name`` (a key of :data:`SUBJECTS`), built once per process."""
+    if name not in SUBJECTS:
+        raise ConfigError(f"unknown registration subject '{name}'; choose one of {', '.join(SUBJECTS)}")
+    return SUBJECTS[name]()
 
 
 # ------------------------------------------------------------------------------------------------ geometry

@@ -29,6 +29,7 @@ its mean is the gross failure rate), ``tracking_px`` (mean distance of the track
 detector pixels) and ``tracking_px_init`` (the same for the DRR positions, i.e. no tracking).
 
     kfjax train point2 --workdir runs/point2                          # chest CT (the chest-ct source)
+    kfjax train point2 --workdir runs/point2-head --set data.subject=head   # head CT (the head-ct source)
     kfjax eval point2 --workdir runs/point2 --set model.pose=single_view   # POINT on the same tracker
     kfjax register CT.nii.gz --xray AP.dcm --xray LAT.dcm --geometry carm.json --method point2 \
         --checkpoint runs/point2 --refine                             # a user's CT (Scene, estimate)
@@ -43,38 +44,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kfjax import metrics
-from kfjax.config import BaseConfig, BaseDataConfig, BaseModelConfig, OptimConfig, TrainConfig
-from kfjax.data.pipeline import ArrayDataset
-from kfjax.data.registration_cases import (ANCHORS, METAL_REACH_MM, PAIRS, SPLITS, CaseConfig, camera,
-                                           make_cases, view_extrinsics)
+from kfjax.config import BaseConfig, BaseModelConfig, OptimConfig, TrainConfig
+from kfjax.data.registration_cases import ANCHORS, BONE_HU, METAL_REACH_MM, view_extrinsics
 from kfjax.errors import ConfigError, InputError
-from kfjax.methods.common.supervised import SupervisedMethod
+from kfjax.methods.common.registration import DataConfig, RegistrationMethod, Scene, standardise
 from kfjax.methods.registry import register
 from kfjax.nn.poi_tracker import PoiTracker, soft_argmax, to_feature
 from kfjax.physics import carm, se3
-from kfjax.physics.drr import hu_to_mu, make_renderer, principal_axis
+from kfjax.physics.drr import hu_to_mu
 from kfjax.register.pose import params_from_transform, transform_from_params
 
-SUBJECTS = ("chest", "phantom")
 POSES = ("triangulation", "single_view")
-FAILURE_MM = 10.0  # gross failure: mTRE above this (the paper's and the talk's threshold)
 PNP_ITERATIONS = 20  # Gauss-Newton steps of the single-view pose
 PNP_DAMPING = 1e-3  # Levenberg-Marquardt damping, relative to the diagonal of JᵀWJ
-ANCHOR_HU = 250.0  # a user's CT: POIs are drawn from voxels at or above this (cancellous bone and denser)
 ANCHOR_SEED = 0  # stream that picks a user's CT anchors (fixed: the same CT gives the same pool)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig(BaseDataConfig):
-    subject: str = "chest"  # chest: the chest-ct source (needs its data) | phantom: procedural chest, no data
-    seed: int = 0  # seeds the cases (poses, starts, detector, tools), apart from the run's seed
-    n_train: int = 256  # training cases (each two X-rays; starts are redrawn every step)
-    n_val: int = 16  # validation cases
-    n_test: int = 64  # test cases (fixed starts)
-    size: int = 64  # detector pixels per side (200 mm panel); the paper: 256
-    pair: str = "wide"  # view pair: wide (0° and 90°) | narrow (-20° and 20°)
-    batch_size: int = 4  # cases per step (two views each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,45 +87,6 @@ class Point2Config(BaseConfig):
     train: TrainConfig = TrainConfig(steps=1500, log_every=50, checkpoint_every=500)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Scene:
-    """One CT seen by fixed views: what the tracker's inputs and the pose solve need besides the X-rays.
-
-    volume: (X, Y, Z) μ 1/mm, the CT the DRRs are rendered from; affine: (4, 4) index -> mm. anchors: (M, 3) mm,
-    the pool the POIs are drawn from (bone voxels). centre: (3,) mm, the rotation centre of the pose parameters.
-    camera: the detector (:class:`kfjax.physics.carm.CArm`, both sides a multiple of the network's stride x
-    2**(levels - 1)); extrinsics: (V, 4, 4) world -> camera of the views at T = I.
-    """
-
-    volume: np.ndarray
-    affine: np.ndarray
-    anchors: np.ndarray
-    centre: np.ndarray
-    camera: carm.CArm
-    extrinsics: np.ndarray
-
-    @functools.cached_property
-    def projections(self) -> np.ndarray:
-        """(V, 3, 4) float32 projection matrices K E_v."""
-        with jax.ensure_compile_time_eval():  # first used inside a jitted step: still host numbers
-            e = jnp.asarray(self.extrinsics, jnp.float32)
-            return np.asarray(carm.projection_matrix(self.camera, e), np.float32)
-
-    @functools.cached_property
-    def renderers(self):
-        """One DRR renderer per view, stepping along the view's principal axis at T = I."""
-        with jax.ensure_compile_time_eval():
-            axes = principal_axis(self.camera, self.extrinsics, self.affine).reshape(-1)
-        return [make_renderer(self.camera, axis=int(a)) for a in axes]
-
-    def render(self, transforms):
-        """DRRs (B, V, H, W) line integrals of the CT moved by ``transforms`` (B, 4, 4)."""
-        volume, affine = jnp.asarray(self.volume, jnp.float32), jnp.asarray(self.affine, jnp.float32)
-        e = jnp.asarray(self.extrinsics, jnp.float32)
-        views = [render(volume, affine, e[v] @ transforms) for v, render in enumerate(self.renderers)]
-        return jax.lax.stop_gradient(jnp.stack(views, 1))
-
-
 def isocentre_pixel_mm(camera, extrinsic, centre) -> float:
     """Detector pixel pitch (mm) scaled to the depth of ``centre`` (3,) mm in the view ``extrinsic`` (4, 4): the
     size of a pixel on the anatomy, what the tracker's features are tuned to."""
@@ -170,7 +114,7 @@ def pnp(p, uv, points, weights, init, centre):
 
 
 @register("point2")
-class Point2Method(SupervisedMethod):
+class Point2Method(RegistrationMethod):
     Config = Point2Config
     description = "POINT²: 2D/3D registration by POI tracking in two X-ray views, triangulation and Kabsch"
     paper = "Liao et al., CVPR 2019"
@@ -178,10 +122,6 @@ class Point2Method(SupervisedMethod):
     def __init__(self, config: Point2Config):
         super().__init__(config)
         d, m = config.data, config.model
-        if d.subject not in SUBJECTS:
-            raise ConfigError(f"data.subject '{d.subject}' is not one of {', '.join(SUBJECTS)}")
-        if d.pair not in PAIRS:
-            raise ConfigError(f"data.pair '{d.pair}' is not one of {', '.join(PAIRS)}")
         if m.pose not in POSES:
             raise ConfigError(f"model.pose '{m.pose}' is not one of {', '.join(POSES)}")
         multiple = m.stride * 2 ** (len(m.channels) - 1)
@@ -194,41 +134,24 @@ class Point2Method(SupervisedMethod):
             raise ConfigError(f"model.n_poi is {m.n_poi}; the Kabsch pose needs at least 3 points")
         if config.loss.sigma <= 0:
             raise ConfigError(f"loss.sigma must be positive (feature pixels), got {config.loss.sigma}")
-        self.case_config = CaseConfig(size=d.size, views_deg=PAIRS[d.pair])
-        self.camera = camera(self.case_config)
-        self._datasets: dict[str, ArrayDataset] = {}
 
-    # ---------------------------------------------------------------- the subject and its geometry
-    @functools.cached_property
-    def subject(self):
-        from kfjax.data.registration_cases import chest_subject, phantom_subject
-
-        with jax.ensure_compile_time_eval():  # may be first needed while a step is traced
-            return chest_subject() if self.config.data.subject == "chest" else phantom_subject()
-
-    @functools.cached_property
-    def scene(self) -> Scene:
-        """The training subject seen by the benchmark's views (the scene of every split)."""
-        s = self.subject
-        with jax.ensure_compile_time_eval():  # first used inside a jitted step: still host numbers
-            extrinsics = view_extrinsics(s.centre, self.case_config.views_deg)
-        return Scene(s.volume, s.affine, s.anchors, s.centre, self.camera, extrinsics)
-
+    # ---------------------------------------------------------------- a user's CT
     def scene_for(self, volume, affine, centre, camera, extrinsics) -> Scene:
         """A user's CT and views as a :class:`Scene`. volume: (X, Y, Z) μ 1/mm; affine (4, 4); centre (3,) mm;
         camera: the X-rays' detector; extrinsics (V, 4, 4) world -> camera at T = I. Anchors: up to ANCHORS voxels
-        of at least ANCHOR_HU within METAL_REACH_MM of the centre (as the training anchors). The detector is resampled (same field of view) so that a pixel covers as much
-        anatomy as in training (:func:`isocentre_pixel_mm` at the centre, mean over views), each side rounded to
-        a multiple of stride x 2**(levels - 1)."""
+        of at least BONE_HU within METAL_REACH_MM of the centre (as the training anchors). The detector is
+        resampled (same field of view) so that a pixel covers as much anatomy as in training
+        (:func:`isocentre_pixel_mm` at the centre, mean over views), each side rounded to a multiple of
+        stride x 2**(levels - 1)."""
         m = self.config.model
         extrinsics = np.asarray(extrinsics, np.float64)
         if m.pose == "triangulation" and len(extrinsics) < 2:
             raise InputError("POINT² triangulates: it needs at least 2 X-ray views (model.pose=single_view uses one)")
         a = np.asarray(affine, np.float64)
-        bone = np.argwhere(np.asarray(volume) >= float(hu_to_mu(ANCHOR_HU))) @ a[:3, :3].T + a[:3, 3]
+        bone = np.argwhere(np.asarray(volume) >= float(hu_to_mu(BONE_HU))) @ a[:3, :3].T + a[:3, 3]
         bone = bone[np.linalg.norm(bone - np.asarray(centre, np.float64), axis=1) <= METAL_REACH_MM]
         if len(bone) < 3:
-            raise InputError(f"the CT has {len(bone)} voxels of at least {ANCHOR_HU:g} HU within {METAL_REACH_MM:g} "
+            raise InputError(f"the CT has {len(bone)} voxels of at least {BONE_HU:g} HU within {METAL_REACH_MM:g} "
                              "mm of its centre; POINT² tracks bone and needs a CT with bone about the centre")
         anchors = bone[np.random.default_rng(ANCHOR_SEED).choice(len(bone), min(ANCHORS, len(bone)), replace=False)]
         origin = view_extrinsics(np.zeros(3), self.case_config.views_deg)[0]
@@ -245,11 +168,6 @@ class Point2Method(SupervisedMethod):
         return Scene(np.asarray(volume, np.float32), np.asarray(affine, np.float64), anchors.astype(np.float32),
                      np.asarray(centre, np.float64), cam, extrinsics)
 
-    @property
-    def extrinsics(self) -> np.ndarray:
-        """(V, 4, 4) world -> camera of the views at the reference pose."""
-        return self.scene.extrinsics
-
     # ---------------------------------------------------------------- network
     def network(self) -> PoiTracker:
         m = self.config.model
@@ -259,7 +177,7 @@ class Point2Method(SupervisedMethod):
     def network_inputs(self, batch) -> tuple:
         b, v = batch["drr"].shape[:2]
         flat = lambda x: x.reshape((b * v,) + x.shape[2:])  # noqa: E731
-        return flat(_standardise(batch["drr"])), flat(_standardise(batch["xray"])), flat(batch["uv_drr"])
+        return flat(standardise(batch["drr"])), flat(standardise(batch["xray"])), flat(batch["uv_drr"])
 
     def init_variables(self, key, batch):
         """Parameters from the batch's shapes only (the DRRs and POIs of a real step are not needed)."""
@@ -269,37 +187,6 @@ class Point2Method(SupervisedMethod):
         return super().init_variables(key, dummy)
 
     # ---------------------------------------------------------------- data
-    def dataset(self, split: str) -> ArrayDataset:
-        if split not in SPLITS:
-            raise InputError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-        if split not in self._datasets:
-            d = self.config.data
-            count = {"train": d.n_train, "val": d.n_val, "test": d.n_test}[split]
-            if count < 1:
-                raise ConfigError(f"data.n_{split} is {count}; the {split} split needs at least one case")
-            c = make_cases(self.subject, split, count, d.seed, self.case_config)
-            self._datasets[split] = ArrayDataset(
-                xray=c.targets.astype(np.float32), gt_transform=c.gt_transform.astype(np.float32),
-                init_transform=c.init_transform.astype(np.float32), window=c.detector["window"].astype(np.int32),
-                case=np.arange(count, dtype=np.int32))
-        return self._datasets[split]
-
-    def batch_spec(self, batch_size: int):
-        v, n = len(self.case_config.views_deg), self.config.data.size
-        f32 = jnp.float32
-        return {"xray": jax.ShapeDtypeStruct((batch_size, v, n, n), f32),
-                "gt_transform": jax.ShapeDtypeStruct((batch_size, 4, 4), f32),
-                "init_transform": jax.ShapeDtypeStruct((batch_size, 4, 4), f32),
-                "window": jax.ShapeDtypeStruct((batch_size, 4), jnp.int32),
-                "case": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-
-    def draw_starts(self, gt, key):
-        """Fresh starts (B, 4, 4) = gt ∘ Δ, Δ uniform in the cases' start ranges about the CT centre."""
-        c = self.case_config
-        half = jnp.asarray([*np.deg2rad(c.init_rot_deg), *c.init_trans_mm], jnp.float32)
-        delta = jax.random.uniform(key, (gt.shape[0], 6), jnp.float32, -1.0, 1.0) * half
-        return gt @ transform_from_params(delta, jnp.asarray(self.scene.centre, jnp.float32))
-
     def views(self, scene: Scene, init, keys) -> dict:
         """DRRs of ``scene`` at the starts ``init`` (B, 4, 4) and POIs drawn with ``keys`` (B, 2): drr (B, V, H, W);
         poi (B, K, 3) mm; uv_drr (B, V, K, 2) px; valid (B, K): inside every DRR (fewer than K bone anchors in
@@ -324,11 +211,11 @@ class Point2Method(SupervisedMethod):
         d = self.config.data
         gt = batch["gt_transform"]
         if key is None:
-            init = batch["init_transform"]
+            init = self.starts(batch)
             keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(d.seed), i))(batch["case"])
         else:
             start_key, poi_key = jax.random.split(key)
-            init = self.draw_starts(gt, start_key)
+            init = self.starts(batch, start_key)
             keys = jax.random.split(poi_key, gt.shape[0])
         seen = self.views(self.scene, init, keys)
         p = jnp.asarray(self.scene.projections, gt.dtype)
@@ -408,16 +295,13 @@ class Point2Method(SupervisedMethod):
 
     def eval_step(self, state, batch):
         out = self.predict(state, batch)
-        points = jnp.asarray(self.subject.points, jnp.float32)
-        mtre = metrics.mtre(out["transform"], batch["gt_transform"], points)
         track = out["trackable"].astype(jnp.float32)
 
         def track_px(uv):
             distance = jnp.linalg.norm(uv - out["uv_true"], axis=-1)
             return jnp.sum(distance * track, axis=(1, 2)) / jnp.maximum(jnp.sum(track, axis=(1, 2)), 1.0)
 
-        return {"mtre": mtre, "mtre_init": metrics.mtre(batch["init_transform"], batch["gt_transform"], points),
-                "failure": (mtre > FAILURE_MM).astype(jnp.float32), "tracking_px": track_px(out["uv"]),
+        return {**super().eval_step(state, batch), "tracking_px": track_px(out["uv"]),
                 "tracking_px_init": track_px(out["uv_drr"])}
 
 
@@ -433,13 +317,6 @@ def tracking_loss(logits, uv_true, mask, stride: int, sigma: float):
     ce = -jnp.sum(target * log_p, axis=-1)
     m = mask.astype(logits.dtype)
     return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
-
-
-def _standardise(images):
-    """Each image (..., H, W) to zero mean and unit variance."""
-    mean = jnp.mean(images, axis=(-2, -1), keepdims=True)
-    std = jnp.std(images, axis=(-2, -1), keepdims=True)
-    return (images - mean) / (std + 1e-6)
 
 
 def _inside(uv, margin: float, height: int, width: int):

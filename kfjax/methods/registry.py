@@ -25,7 +25,8 @@ METHOD_MODULES = ("kfjax.methods.di2in", "kfjax.methods.dudonet", "kfjax.methods
                   "kfjax.methods.self_inverse_unpaired", "kfjax.methods.landmark_i2i", "kfjax.methods.sac",
                   "kfjax.methods.dqn_landmark", "kfjax.methods.mtl_view_landmark", "kfjax.methods.u2net",
                   "kfjax.methods.di2in_an", "kfjax.methods.xray_decomposition",
-                  "kfjax.methods.ice_contouring", "kfjax.methods.point2")
+                  "kfjax.methods.ice_contouring", "kfjax.methods.point2",
+                  "kfjax.methods.pose_regression")
 
 
 def register(name: str) -> Callable[[T], T]:

@@ -225,3 +225,34 @@ def test_chest_ct_starts_are_calibrated_to_the_talk():
     d = R.draw_cases(subject, "test", 101, seed=0)
     assert lo < np.median(d["init_mtre"]) < hi
     assert subject.points.shape == (1000, 3) and subject.target_volume.shape[-1] == 2
+
+
+@pytest.mark.data
+def test_head_subject_is_the_head_without_its_holder():
+    """The second anatomy: bone points and anchors are dense voxels of the head; the holder is gone."""
+    from kfjax.data.sources import load
+    from kfjax.physics.drr import hu_to_mu
+
+    subject = R.load_subject("head")
+    assert subject is R.head_subject() and subject.name == "head-ct"
+    assert subject.volume.shape == (128, 128, 108) and subject.target_volume.shape == (256, 256, 108, 2)
+    ct = load("head-ct")
+    index = np.rint((subject.points - ct.affine[:3, 3]) @ np.linalg.inv(ct.affine[:3, :3]).T).astype(int)
+    assert np.all(ct.array[tuple(index.T)] >= R.BONE_HU)
+    assert np.all(np.linalg.norm(subject.anchors - subject.centre, axis=1) <= R.METAL_REACH_MM)
+    # the scan holds the head and a holder (two arcs of about 38,000 voxels each); the DRR volume the head alone
+    from scipy import ndimage
+
+    def regions(mask):
+        labels, _ = ndimage.label(mask)
+        return np.sort(np.bincount(labels.ravel())[1:])[::-1]
+
+    scan = regions(ct.array > R.BODY_HU)
+    assert scan[1] > 30_000 and scan[2] > 30_000
+    kept = regions(subject.volume > float(hu_to_mu(R.BODY_HU)))
+    assert kept[1:].sum() < 1e-4 * kept[0]
+
+
+def test_unknown_subject_is_refused():
+    with pytest.raises(ConfigError, match="unknown registration subject 'knee'; choose one of chest, head"):
+        R.load_subject("knee")

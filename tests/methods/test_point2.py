@@ -140,7 +140,7 @@ def test_sharded_steps_match_single_device(sharded_matches_single):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.subject=head", "data.subject"), ("data.pair=tilted", "data.pair"), ("model.pose=pnp", "model.pose"),
+    ("data.subject=knee", "data.subject"), ("data.pair=tilted", "data.pair"), ("model.pose=pnp", "model.pose"),
     ("data.size=33", "data.size"), ("model.patch=4", "model.patch"), ("model.n_poi=2", "model.n_poi"),
     ("loss.sigma=0", "loss.sigma"), ("data.n_test=0", "data.n_test")])
 def test_bad_settings_are_config_errors(override, message):
@@ -176,8 +176,8 @@ def test_estimate_on_the_training_scene_is_predict():
 
 
 def test_scene_for_a_user_ct_keeps_the_training_pixel_size_and_draws_bone_anchors():
-    from kfjax.data.registration_cases import ANCHORS
-    from kfjax.methods.point2 import ANCHOR_HU, isocentre_pixel_mm
+    from kfjax.data.registration_cases import ANCHORS, BONE_HU
+    from kfjax.methods.point2 import isocentre_pixel_mm
     from kfjax.physics import carm
     from kfjax.physics.drr import hu_to_mu
 
@@ -191,7 +191,7 @@ def test_scene_for_a_user_ct_keeps_the_training_pixel_size_and_draws_bone_anchor
         isocentre_pixel_mm(train.camera, train.extrinsics[0], s.centre))
     index = np.rint((scene.anchors - s.affine[:3, 3]) @ np.linalg.inv(s.affine[:3, :3]).T).astype(int)
     assert 3 <= len(scene.anchors) <= ANCHORS
-    assert np.all(s.volume[tuple(index.T)] >= float(hu_to_mu(ANCHOR_HU)))
+    assert np.all(s.volume[tuple(index.T)] >= float(hu_to_mu(BONE_HU)))
     with pytest.raises(InputError, match="at least 2 X-ray views"):
         method.scene_for(s.volume, s.affine, s.centre, fine, train.extrinsics[:1])
     with pytest.raises(InputError, match="bone about the centre"):

@@ -44,8 +44,11 @@ TINY = {
                        "data.n_frames=2", "data.n_train=1", "data.n_val=1", "data.n_test=1", "model.channels=4,8"],
     "point2": ["data.subject=phantom", "data.size=32", "data.n_train=2", "model.channels=8,16", "model.features=8",
                "model.n_poi=8"],
+    "pose_regression": ["data.subject=phantom", "data.size=32", "data.n_train=2", "model.channels=8,16",
+                        "model.hidden=8", "loss.points=32"],
 }
-DATA_BATCHES = ("point2",)  # batches of rigid poses and X-rays: random numbers would make no case, so real rows
+# batches of rigid poses and X-rays: random numbers would make no case, so real rows
+DATA_BATCHES = ("point2", "pose_regression")
 
 BF16_UNIT_ROUNDOFF = 2.0**-8
 # A loss computed by a network in bfloat16 carries about one rounding of relative size u per layer on its
