@@ -95,11 +95,9 @@ def n_devices() -> int:
     return jax.device_count()
 
 
-@pytest.fixture(scope="session")
-def sharded_matches_single(n_devices):
-    """check(make_method, rows, steps=2, rtol=1e-7, atol=1e-10): `steps` jitted train steps of a fresh
-    `make_method()` on one batch of `rows` training rows, in float64, give the same losses and parameters on all
-    devices as on one (each test's docstring argues its tolerance)."""
+def _train_steps(method, devices, steps, batch, x64=False):
+    """(mesh, state, losses) of `steps` jitted train steps of a fresh state of `method` on `batch` (the same batch
+    every step) over `devices`; `x64`: batch and state cast to float64 first (run it under jax.enable_x64)."""
     import numpy as np
 
     from kfjax.train.loop import init_train_state
@@ -107,22 +105,43 @@ def sharded_matches_single(n_devices):
     from kfjax.train.precision import cast_floats
     from kfjax.train.step import make_train_step
 
-    def run(make_method, rows, steps, devices):
-        method = make_method()
-        mesh = make_mesh(devices)
-        batch = cast_floats(method.dataset("train")[np.arange(rows)], np.float64)
-        state = cast_floats(init_train_state(method, mesh, method.batch_spec(rows)), np.float64)
-        step = make_train_step(method.train_step, mesh)
-        losses = []
-        for _ in range(steps):
-            state, logs = step(state, shard_batch(batch, mesh))
-            losses.append(float(to_host(logs)["loss"]))
-        return mesh, state, losses
+    mesh = make_mesh(devices)
+    rows = len(next(iter(batch.values())))
+    state = init_train_state(method, mesh, method.batch_spec(rows))
+    if x64:
+        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
+    step = make_train_step(method.train_step, mesh)
+    losses = []
+    for _ in range(steps):
+        state, logs = step(state, shard_batch(batch, mesh))
+        losses.append(float(to_host(logs)["loss"]))
+    return mesh, state, losses
 
-    def check(make_method, rows, steps=2, rtol=1e-7, atol=1e-10):
+
+@pytest.fixture(scope="session")
+def train_steps():
+    """train_steps(method, devices, steps, batch, x64=False) -> (mesh, state, losses): see `_train_steps`."""
+    return _train_steps
+
+
+@pytest.fixture(scope="session")
+def sharded_matches_single(n_devices):
+    """check(make_method, rows, steps=2, rtol=1e-7, atol=1e-10, batch=None): `steps` jitted train steps of a fresh
+    `make_method()` on one batch (`batch(method)`, default the first `rows` training rows), in float64, give the
+    same losses and parameters on all devices as on one (each test's docstring argues its tolerance)."""
+    import numpy as np
+
+    from kfjax.train.mesh import to_host
+
+    def run(make_method, rows, steps, devices, batch):
+        method = make_method()
+        rows_of = batch(method) if batch is not None else method.dataset("train")[np.arange(rows)]
+        return _train_steps(method, devices, steps, rows_of, x64=True)
+
+    def check(make_method, rows, steps=2, rtol=1e-7, atol=1e-10, batch=None):
         with jax.enable_x64(True):
-            _, single, a = run(make_method, rows, steps, jax.devices()[:1])
-            mesh, sharded, b = run(make_method, rows, steps, jax.devices())
+            _, single, a = run(make_method, rows, steps, jax.devices()[:1], batch)
+            mesh, sharded, b = run(make_method, rows, steps, jax.devices(), batch)
             assert mesh.size == n_devices
             np.testing.assert_allclose(b, a, rtol=rtol)
             for x, y in zip(jax.tree.leaves(to_host(single.params)), jax.tree.leaves(to_host(sharded.params))):

@@ -12,7 +12,6 @@ from kfjax.methods.landmark_i2i import LandmarkI2IConfig, LandmarkI2IMethod, lan
 from kfjax.nn.heatmaps import gaussian_heatmaps
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
-from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 
 TINY = ["data.source=procedural", "data.size=32", "data.n_train=64", "data.n_val=32", "data.batch_size=4",
@@ -21,19 +20,6 @@ TINY = ["data.source=procedural", "data.size=32", "data.n_train=64", "data.n_val
 
 def _method(*extra):
     return LandmarkI2IMethod(apply_overrides(LandmarkI2IConfig(), [*TINY, *extra]))
-
-
-def _steps(method, devices, steps, batch, x64=False):
-    mesh = make_mesh(devices)
-    state = init_train_state(method, mesh, method.batch_spec(len(batch["image"])))
-    if x64:
-        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
-    step = make_train_step(method.train_step, mesh)
-    losses = []
-    for _ in range(steps):
-        state, logs = step(state, shard_batch(batch, mesh))
-        losses.append(float(to_host(logs)["loss"]))
-    return mesh, state, losses
 
 
 def test_shapes_of_batch_outputs_and_predictions():
@@ -66,30 +52,21 @@ def test_refined_argmax_recovers_the_landmark_of_an_exact_gaussian():
     np.testing.assert_allclose(decoded, on_grid, atol=64 * 169 * np.finfo(np.float32).eps)
 
 
-def test_step_lowers_the_loss_on_a_fixed_batch():
+def test_step_lowers_the_loss_on_a_fixed_batch(train_steps):
     method = _method("optim.warmup_steps=0", "optim.schedule=constant")
     batch = method.dataset("train")[np.arange(4)]
-    _, state, losses = _steps(method, jax.devices()[:1], 10, batch)
+    _, state, losses = train_steps(method, jax.devices()[:1], 10, batch)
     assert losses[-1] < 0.7 * losses[0], losses
     assert "model" in state.batch_stats
 
 
 @pytest.mark.slow
-def test_sharded_steps_match_single_device(n_devices):
+def test_sharded_steps_match_single_device(sharded_matches_single):
     """Three steps on 4 devices equal three on one, in float64: the runs differ only in the order of sums
     (the gradient all-reduce, the batch means and BatchNorm statistics over 4 images) of ~1e4 terms, relative
     ~1e4 x 1.1e-16 ~ 1e-12, which Adam passes on to the parameters; rtol 1e-9 keeps a factor 1e3 and lies
     far below a sharding error (a per-device batch mean changes the loss by O(1))."""
-    method = _method()
-    batch = method.dataset("train")[np.arange(4)]
-    with jax.enable_x64(True):
-        _, single, a = _steps(method, jax.devices()[:1], 3, batch, x64=True)
-        mesh, sharded, b = _steps(method, jax.devices(), 3, batch, x64=True)
-        assert mesh.size == n_devices
-        np.testing.assert_allclose(b, a, rtol=1e-9)
-        for x, y in zip(jax.tree.leaves(to_host(single.params)), jax.tree.leaves(to_host(sharded.params))):
-            assert x.dtype == np.float64
-            np.testing.assert_allclose(y, x, rtol=1e-9, atol=1e-12)
+    sharded_matches_single(_method, rows=4, steps=3, rtol=1e-9, atol=1e-12)
 
 
 def _val_error(method, state, mesh) -> float:

@@ -14,10 +14,8 @@ from kfjax.errors import ConfigError, InputError
 from kfjax.io import Volume
 from kfjax.methods.lsdn import LSDNConfig, LSDNMethod
 from kfjax.nn.lsdn import LSDN, VARIANTS, matched_width, multiplies, param_count
-from kfjax.train.loop import init_train_state
-from kfjax.train.mesh import make_mesh, shard_batch, to_host
-from kfjax.train.precision import cast_floats
-from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
+from kfjax.train.mesh import shard_batch
+from kfjax.train.step import make_eval_step, make_predict_step
 
 TINY = ["data.downsample=4", "data.batch_size=4", "model.hidden=8,4"]
 
@@ -123,25 +121,11 @@ def test_bad_settings_are_config_errors():
         _method("model.spatial_dims=3", "data.patch_depth=2")
 
 
-def _steps(method, devices, steps, x64=False):
-    mesh = make_mesh(devices)
-    batch = method.dataset("train")[np.arange(4)]
-    state = init_train_state(method, mesh, method.batch_spec(4))
-    if x64:
-        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
-    step = make_train_step(method.train_step, mesh)
-    losses = []
-    for _ in range(steps):
-        state, logs = step(state, shard_batch(batch, mesh))
-        losses.append(float(to_host(logs)["loss"]))
-    return mesh, state, losses
-
-
 @pytest.mark.data
 @pytest.mark.parametrize("dims", [2, 3])
-def test_jitted_steps_lower_the_loss_and_score(dims):
+def test_jitted_steps_lower_the_loss_and_score(dims, train_steps):
     method = _method(f"model.spatial_dims={dims}", "data.patch_depth=3", "model.activation=relu")
-    mesh, state, losses = _steps(method, jax.devices()[:1], 8)
+    mesh, state, losses = train_steps(method, jax.devices()[:1], 8, method.dataset("train")[np.arange(4)])
     assert losses[-1] < losses[0] and all(np.isfinite(losses))
     test = method.dataset("test")
     batch = test[np.arange(4)]
@@ -158,22 +142,14 @@ def test_jitted_steps_lower_the_loss_and_score(dims):
 
 
 @pytest.mark.data
-def test_sharded_steps_match_single_device(n_devices):
+def test_sharded_steps_match_single_device(sharded_matches_single):
     """Three steps on 4 devices equal three on one, in float64. The runs differ only in the order of the
     floating-point sums (the all-reduce of the gradient, the masked mean over the batch): relative differences
     ~ n u with n ~ 1e4 terms and u = 1.1e-16, about 1e-12 of the loss and the gradients. Adam's updates,
     lr m / (sqrt(v) + eps), inherit the gradients' relative error (no component here is near zero, so no sign
     flips), so the parameters differ by ~1e-15. rtol 1e-9 keeps a margin of 1e3 and lies far below a sharding
     error (a mean over one device's rows changes the loss by O(1))."""
-    method = _method()
-    with jax.enable_x64(True):
-        _, single, a = _steps(method, jax.devices()[:1], 3, x64=True)
-        mesh, sharded, b = _steps(method, jax.devices(), 3, x64=True)
-        assert mesh.size == n_devices
-        np.testing.assert_allclose(b, a, rtol=1e-9)
-        for x, y in zip(jax.tree.leaves(to_host(single.params)), jax.tree.leaves(to_host(sharded.params))):
-            assert x.dtype == np.float64
-            np.testing.assert_allclose(y, x, rtol=1e-9, atol=1e-12)
+    sharded_matches_single(_method, rows=4, steps=3, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------- `kfjax infer lsdn`

@@ -14,7 +14,6 @@ from kfjax.methods.common.actions import start_grid
 from kfjax.methods.sac import SACConfig, SACMethod, cut_patches
 from kfjax.train.loop import init_train_state
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
-from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 
 TINY = ["data.source=procedural", "data.size=16", "data.n_train=16", "data.n_val=8", "data.batch_size=4",
@@ -25,20 +24,6 @@ VARIANTS = ("sam", "sac")
 
 def _method(variant: str, *extra) -> SACMethod:
     return SACMethod(apply_overrides(SACConfig(), [*TINY, f"model.variant={variant}", *extra]))
-
-
-def _steps(method, devices, steps, x64=False):
-    mesh = make_mesh(devices)
-    batch = method.dataset("train")[np.arange(4)]
-    state = init_train_state(method, mesh, method.batch_spec(4))
-    if x64:
-        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
-    step = make_train_step(method.train_step, mesh)
-    losses = []
-    for _ in range(steps):
-        state, logs = step(state, shard_batch(batch, mesh))
-        losses.append(float(to_host(logs)["loss"]))
-    return mesh, state, losses
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -60,32 +45,25 @@ def test_shapes_of_predictions_and_scores(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_jitted_step_lowers_the_loss(variant):
+def test_jitted_step_lowers_the_loss(variant, train_steps):
     """SAM: a fixed batch. SAC: fresh positions every step from the step key, so the loss is noisy; the mean
     of the last three steps must still fall below the first."""
-    _, state, losses = _steps(_method(variant, "optim.lr=1e-2"), jax.devices()[:1], 12)
+    method = _method(variant, "optim.lr=1e-2")
+    _, state, losses = train_steps(method, jax.devices()[:1], 12, method.dataset("train")[np.arange(4)])
     assert all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < 0.85 * losses[0], losses
     assert "model" in state.batch_stats
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_sharded_steps_match_single_device(variant, n_devices):
+def test_sharded_steps_match_single_device(variant, sharded_matches_single):
     """Two steps on 4 devices equal two on one, in float64. The runs differ only in the order of the sums
     (gradient all-reduce, batch-norm moments, the weighted CE over the global batch): relative differences
     ~ n u, n ~ 1e4 terms, u = 1.1e-16, about 1e-12; SAC's positions come from the same replicated step key
     (jax.random values do not depend on sharding), so the patches are identical. Adam passes the gradients'
     relative error on; rtol 1e-8 keeps a margin of 1e4 and lies far below a sharding error (a mean over one
     device's rows, or patches from another key, change the loss by O(0.1))."""
-    method = _method(variant)
-    with jax.enable_x64(True):
-        _, single, a = _steps(method, jax.devices()[:1], 2, x64=True)
-        mesh, sharded, b = _steps(method, jax.devices(), 2, x64=True)
-        assert mesh.size == n_devices
-        np.testing.assert_allclose(b, a, rtol=1e-8)
-        for x, y in zip(jax.tree.leaves(to_host(single.params)), jax.tree.leaves(to_host(sharded.params))):
-            assert x.dtype == np.float64
-            np.testing.assert_allclose(y, x, rtol=1e-8, atol=1e-11)
+    sharded_matches_single(lambda: _method(variant), rows=4, steps=2, rtol=1e-8, atol=1e-11)
 
 
 def test_sam_inference_on_the_perfect_map_finds_every_landmark_within_a_pixel():

@@ -60,32 +60,11 @@ def test_step_lowers_the_loss_of_every_domain_with_one_compilation():
         assert values[-1] < values[0], (d, values)
 
 
-def _steps(devices, steps):
-    method = _method()
-    mesh = make_mesh(devices)
-    batch = jax.tree.map(lambda x: x.astype(np.float64) if x.dtype == np.float32 else x,
-                         _rows(method, "train", 1, 4))
-    state = init_train_state(method, mesh, method.batch_spec(4))
-    state = jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
-    step = make_train_step(method.train_step, mesh)
-    losses = []
-    for _ in range(steps):
-        state, logs = step(state, shard_batch(batch, mesh))
-        losses.append(float(to_host(logs)["loss"]))
-    return mesh, state, losses
-
-
-def test_sharded_steps_match_single_device(n_devices):
+def test_sharded_steps_match_single_device(sharded_matches_single):
     """Two steps on 4 devices equal two on one, in float64: the runs differ only in the order of float sums
     (the gradient all-reduce, the means over rows), ~ n u with n ~ 1e5 terms and u = 1.1e-16, ~1e-11 relative;
     Adam's updates inherit it. rtol 1e-7 leaves a margin of 1e4, far below a sharding error (O(1))."""
-    with jax.enable_x64(True):
-        _, single, a = _steps(jax.devices()[:1], 2)
-        mesh, sharded, b = _steps(jax.devices(), 2)
-        assert mesh.size == n_devices
-        np.testing.assert_allclose(b, a, rtol=1e-7)
-        for x, y in zip(jax.tree.leaves(to_host(single.params)), jax.tree.leaves(to_host(sharded.params))):
-            np.testing.assert_allclose(y, x, rtol=1e-7, atol=1e-10)
+    sharded_matches_single(_method, rows=4, batch=lambda method: _rows(method, "train", 1, 4))
 
 
 # ---------------------------------------------------------------- add-domain training

@@ -22,7 +22,6 @@ from kfjax.methods.xray_decomposition import (OUTPUT_FILES, XrayDecompositionCon
 from kfjax.methods.registry import build, from_workdir
 from kfjax.train.loop import init_train_state, restore_for_eval, train
 from kfjax.train.mesh import make_mesh, shard_batch, to_host
-from kfjax.train.precision import cast_floats
 from kfjax.train.step import make_eval_step, make_predict_step, make_train_step
 
 TINY = ["data.source=phantom", "data.size=32", "data.n_train=16", "data.n_val=8", "data.batch_size=4",
@@ -35,19 +34,6 @@ GAN = ["data.recipe=xray", "data.source=phantom", "data.size=32", "data.n_train=
 def _method(*extra):
     return XrayDecompositionMethod(apply_overrides(XrayDecompositionConfig(), [*TINY, *extra]))
 
-
-
-def _steps(method, devices, steps, batch, x64=False):
-    mesh = make_mesh(devices)
-    state = init_train_state(method, mesh, method.batch_spec(len(batch["image"])))
-    if x64:
-        batch, state = cast_floats(batch, np.float64), cast_floats(state, np.float64)
-    step = make_train_step(method.train_step, mesh)
-    losses = []
-    for _ in range(steps):
-        state, logs = step(state, shard_batch(batch, mesh))
-        losses.append(float(to_host(logs)["loss"]))
-    return mesh, state, losses
 
 
 def test_shapes_targets_and_the_bone_suppressed_image():
@@ -71,28 +57,19 @@ def test_shapes_targets_and_the_bone_suppressed_image():
         "l1_bone", "l1_soft"}
 
 
-def test_step_lowers_the_loss_on_a_fixed_batch():
+def test_step_lowers_the_loss_on_a_fixed_batch(train_steps):
     method = _method("optim.warmup_steps=0", "optim.schedule=constant", "optim.lr=3e-3")
     batch = method.dataset("train")[np.arange(4)]
-    _, _, losses = _steps(method, jax.devices()[:1], 10, batch)
+    _, _, losses = train_steps(method, jax.devices()[:1], 10, batch)
     assert losses[-1] < 0.9 * losses[0], losses  # measured: 0.75 (falling at every step)
 
 
 @pytest.mark.slow
-def test_sharded_steps_match_single_device(n_devices):
+def test_sharded_steps_match_single_device(sharded_matches_single):
     """Three steps on 4 devices equal three on one, in float64. Instance norm is per image, so the runs
     differ only in the order of the sums (gradient all-reduce, batch means) of ~1e4 terms: relative ~1e-12,
     passed on by Adam to the parameters; rtol 1e-9 keeps a factor 1e3 and lies far below a sharding error."""
-    method = _method("loss.log_weight=0.5")
-    batch = method.dataset("train")[np.arange(4)]
-    with jax.enable_x64(True):
-        _, single, a = _steps(method, jax.devices()[:1], 3, batch, x64=True)
-        mesh, sharded, b = _steps(method, jax.devices(), 3, batch, x64=True)
-        assert mesh.size == n_devices
-        np.testing.assert_allclose(b, a, rtol=1e-9)
-        for x, y in zip(jax.tree.leaves(to_host(single.params)), jax.tree.leaves(to_host(sharded.params))):
-            assert x.dtype == np.float64
-            np.testing.assert_allclose(y, x, rtol=1e-9, atol=1e-12)
+    sharded_matches_single(lambda: _method("loss.log_weight=0.5"), rows=4, steps=3, rtol=1e-9, atol=1e-12)
 
 
 def test_log_kernel_and_loss():
