@@ -22,6 +22,7 @@ into README.md (section "results") and the per-method panels into `panels/`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -115,6 +116,31 @@ def summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
+LOGGED = ("seg_loss", "d_loss", "g_adv", "adv_pull")  # the training log's last values kept in each record
+
+
+def last_train_log(workdir: Path) -> dict[str, float]:
+    """The ``LOGGED`` values of the last training entry of ``workdir/metrics.jsonl`` (empty if there is none)."""
+    path = Path(workdir) / "metrics.jsonl"
+    last = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        entry = json.loads(line)
+        if entry.get("split") == "train":
+            last = entry
+    return {k: float(last[k]) for k in LOGGED if k in last}
+
+
+def with_train_log(record: dict) -> dict:
+    """``record`` with ``train_log`` (:func:`last_train_log` of its run), added to its file when it lacks one and
+    the run's folder still holds the log."""
+    if "train_log" not in record:
+        log = last_train_log(Path(record["_folder"]) / "work")
+        if log:
+            record = {**record, "train_log": log}
+            records.save(record, record["_folder"])
+    return record
+
+
 def run_one(variant: str, n_train: int, seed: int, args) -> dict:
     """Train one (variant, size, seed) or reuse its record; score the test cases and the real CT."""
     import jax
@@ -142,7 +168,7 @@ def run_one(variant: str, n_train: int, seed: int, args) -> dict:
                           metrics=metrics, clock=clock, timings=timings,
                           data={"n_train": n_train, "n_test": len(scores["asd"]),
                                 "n_missing": int(scores["missing"].sum()), "spacing_mm": method.spacing},
-                          per_case=per_case)
+                          per_case=per_case, train_log=last_train_log(folder / "work"))
     records.save(record, folder)
     jax.clear_caches()
     print(f"{variant} n={n_train} seed {seed}: ASD {metrics['asd_mean']:.2f} mm, Dice {metrics['dice']:.3f} "
@@ -184,14 +210,27 @@ def table(runs: list[dict]) -> str:
     lines += ["", "The paper's numbers for context (the talk; 1000+ real CT volumes at 3 mm, not comparable to "
               "procedural organs): ASD mean " + "; ".join(f"{a:.2f} → {b:.2f} mm with {n} training volumes"
                                                          for n, (a, b) in PAPER.items())
-              + "; the std and the max fall more than the mean.", "", footer(runs)]
+              + "; the std and the max fall more than the mean.", "", critic_line(runs), "", footer(runs)]
     return "\n".join(lines)
+
+
+def critic_line(runs: list[dict]) -> str:
+    """How the adversarial game ended: the DI2IN-AN runs' last logged critic and generator terms."""
+    logs = [r["train_log"] for r in runs if r["variant"] == "di2in_an" and r.get("train_log")]
+    if not logs:
+        return "The DI2IN-AN records hold no training log."
+    mean = {k: float(np.mean([log[k] for log in logs])) for k in LOGGED}
+    return (f"The adversarial game at the last logged step (mean over {len(logs)} DI2IN-AN runs): critic loss "
+            f"{mean['d_loss']:.4f} (0.693 = cannot tell predicted from true masks), the generator's adversarial "
+            f"loss {mean['g_adv']:.2f}, segmentation loss {mean['seg_loss']:.3f}, and the pull of the weighted "
+            f"adversarial gradient on the fused logits relative to the segmentation gradient {mean['adv_pull']:.3f}.")
 
 
 def footer(runs: list[dict]) -> str:
     d = lambda path, fmt=str: records.describe(runs, path, fmt)  # noqa: E731
     an = [r for r in runs if r["variant"] == "di2in_an"]
-    return (f"Cells: mean ± sample std over seeds {d('seed')} of each run's statistic over "
+    seeds = ", ".join(str(v) for v in sorted(set(records.distinct(runs, "seed"))))
+    return (f"Cells: mean ± sample std over seeds {seeds} of each run's statistic over "
             f"{d('data.n_test')} test cases ({d('data.n_missing')} with a missing boundary), "
             f"{d('settings.data.size')}³ voxels of {d('data.spacing_mm', lambda v: f'{v:g}')} mm; "
             f"{d('settings.train.steps')} steps of batch {d('settings.data.batch_size')}, generator and critic "
@@ -269,9 +308,9 @@ def main(argv=None) -> None:
                 folder = run_folder(v, n, seed, args)
                 if args.table_only:
                     if records.exists(folder):
-                        runs.append(records.load(folder))
+                        runs.append(with_train_log(records.load(folder)))
                 else:
-                    runs.append(run_one(v, n, seed, args))
+                    runs.append(with_train_log(run_one(v, n, seed, args)))
     if not runs:
         raise SystemExit("no finished runs to tabulate")
     text = table(runs)

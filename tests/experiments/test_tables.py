@@ -31,6 +31,7 @@ di2in_run = _load("di2in_run", EXPERIMENTS / "di2in" / "run.py")
 registration_run = _load("registration_run", EXPERIMENTS / "registration_opt" / "run.py")
 ice_run = _load("ice_run", EXPERIMENTS / "ice" / "run.py")
 point2_run = _load("point2_run", EXPERIMENTS / "registration" / "run.py")
+di2in_an_run = _load("di2in_an_run", EXPERIMENTS / "di2in_an" / "run.py")
 
 ENV = {"machine": {"cpu": "Test CPU 9000", "cores": 7, "platform": "TestOS", "arch": "x", "python": "3",
                    "load_avg": [1.5, 1.0, 1.0]},
@@ -217,6 +218,38 @@ def test_di2in_table_comes_from_the_records():
     assert "Test CPU 9000" in text and "no GPU" not in text
 
 
+def _di2in_an_records():
+    """Both variants x 2 sizes x 3 seeds; DI2IN-AN's ASD mean is 0.1 + 0.05 s mm below DI2IN's."""
+    rows = []
+    for n in (16, 64):
+        for seed in (0, 1, 2):
+            for variant in ("di2in", "di2in_an"):
+                base = 3.0 - n / 64 + 0.1 * seed - (0.1 + 0.05 * seed) * (variant == "di2in_an")
+                metrics = {"asd_mean": base, "asd_std": 1.0, "asd_max": 5.0, "asd_median": base, "dice": 0.9,
+                           "missing_asd_mean": base + 1, "missing_asd_max": 6.0, "normal_asd_mean": base - 0.5,
+                           "real_dice": 0.7, "real_asd": 4.0}
+                settings = {"seed": seed, "data": {"size": 24, "batch_size": 4}, "train": {"steps": 300},
+                            "model": {"channels": [8, 16]}, "optim": {"lr": 0.001, "schedule": "cosine"},
+                            "adv": {"pretrain_steps": 150, "weight": 0.01}}
+                log = {"seg_loss": 0.7, "d_loss": 0.001 * (seed + 1), "g_adv": 6.0, "adv_pull": 0.06}
+                rows.append(_record("di2in_an", variant, seed, settings, metrics, train_log=log,
+                                    data={"n_train": n, "n_test": 40, "n_missing": 13, "spacing_mm": 8.0}))
+    return rows
+
+
+def test_di2in_an_table_comes_from_the_records(tmp_path):
+    text = di2in_an_run.table(_di2in_an_records())
+    assert "| 64 | DI2IN-AN |" in text and "| 16 | DI2IN |" in text
+    assert "- 16 training cases: ASD mean -0.15 ± 0.05 mm (n = 3" in text  # -(0.1 + 0.05 s) per seed
+    assert "critic loss 0.0020" in text and "relative to the segmentation gradient 0.060" in text
+    assert "2.38 → 2.09 mm with 400 training volumes" in text and "Test CPU 9000" in text
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"split": "train", "d_loss": 0.5, "g_adv": 1.0}\n{"split": "val", "d_loss": 9.0}\n'
+                   '{"split": "train", "d_loss": 0.25, "seg_loss": 0.3}\n')
+    assert di2in_an_run.last_train_log(tmp_path) == {"d_loss": 0.25, "seg_loss": 0.3}
+    assert di2in_an_run.last_train_log(tmp_path / "absent") == {}
+
+
 def test_registration_table_comes_from_the_records():
     summary = {"views": ["ap"], "cases": 3, "mtre_start_p50_mm": 20.0, "mtre_p50_mm": 0.5, "mtre_p95_mm": 2.0,
                "below_1mm": 2 / 3, "gross_failure_rate": 0.0, "seconds_per_case_median": 5.0}
@@ -235,7 +268,8 @@ def test_registration_table_comes_from_the_records():
 
 
 def _point2_records():
-    """The optimisation record and three point2 records with per-row metrics (seed s adds s mm to POINT²)."""
+    """The optimisation record, three point2 records with per-row metrics (seed s adds s mm to POINT²) and three
+    pose-regression records (12 + 2 s mm)."""
     rows = {"initial": (20.0, 28.0, 100.0, 0.0), "opt": (1.0, 40.0, 30.0, 9.0)}
     opt = _record("intensity", "optimisation", None, {"levels": point2_run.OPT_LEVELS},
                   {f"{r}_{k}": v for r, vals in rows.items() for k, v in zip(("p50", "p95", "gfr", "s"), vals)},
@@ -249,12 +283,18 @@ def _point2_records():
         runs.append(_record("point2", "point2", seed, settings,
                             {f"{r}_{k}": v for r, vals in learned.items()
                              for k, v in zip(("p50", "p95", "gfr", "s"), vals)}, data={"n_test": 64}))
-    return opt, runs
+    regressions = [_record("pose_regression", "regression", seed, {"seed": seed},
+                           {"regression_p50": 12.0 + 2 * seed, "regression_p95": 30.0, "regression_gfr": 60.0,
+                            "regression_s": 0.01}, data={"n_test": 64}) for seed in (0, 1, 2)]
+    return opt, runs, regressions
 
 
 def test_point2_table_comes_from_the_records():
-    opt, runs = _point2_records()
-    text = point2_run.table(opt, runs)
+    opt, runs, regressions = _point2_records()
+    text = point2_run.table(opt, runs, regressions)
+    assert "| pose regression (CNN) | 14.00 ± 2.00 | 30.00 ± 0.00 | 60.0 ± 0.0 | 0.010 ± 0.000 |" in text
+    # POINT² - regression per seed: (3 + s) - (12 + 2 s) = -9 - s: mean -10, std 1
+    assert "- POINT² (two views, triangulation) − pose regression (CNN), p50: -10.00 ± 1.00 mm (n = 3" in text
     assert "| optimisation only | 1.00 | 40.00 | 30.0 | 9.000 |" in text
     assert "| POINT² (two views, triangulation) | 4.00 ± 1.00 | 9.00 ± 0.00 | 6.0 ± 1.0 | 0.030 ± 0.000 |" in text
     assert "| initial (start pose) | 20.00 | 28.00 | 100.0 |  |" in text
