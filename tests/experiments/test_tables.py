@@ -286,18 +286,22 @@ def _point2_records():
     regressions = [_record("pose_regression", "regression", seed, {"seed": seed},
                            {"regression_p50": 12.0 + 2 * seed, "regression_p95": 30.0, "regression_gfr": 60.0,
                             "regression_s": 0.01}, data={"n_test": 64}) for seed in (0, 1, 2)]
-    return opt, runs, regressions
+    clean = _record("intensity", "optimisation-clean", None, {"levels": point2_run.OPT_LEVELS, "shift": "off"},
+                    {"opt_clean_p50": 0.1, "opt_clean_p95": 0.5, "opt_clean_gfr": 0.0, "opt_clean_s": 8.0},
+                    data={"n_test": 64})
+    return opt, runs, regressions, clean
 
 
 def test_point2_table_comes_from_the_records():
-    opt, runs, regressions = _point2_records()
-    text = point2_run.table(opt, runs, regressions)
+    text = point2_run.table(*_point2_records())
+    assert "| optimisation only, targets without the domain shift | 0.10 | 0.50 | 0.0 | 8.000 |" in text
     assert "| pose regression (CNN) | 14.00 ± 2.00 | 30.00 ± 0.00 | 60.0 ± 0.0 | 0.010 ± 0.000 |" in text
     # POINT² - regression per seed: (3 + s) - (12 + 2 s) = -9 - s: mean -10, std 1
     assert "- POINT² (two views, triangulation) − pose regression (CNN), p50: -10.00 ± 1.00 mm (n = 3" in text
     assert "| optimisation only | 1.00 | 40.00 | 30.0 | 9.000 |" in text
     assert "| POINT² (two views, triangulation) | 4.00 ± 1.00 | 9.00 ± 0.00 | 6.0 ± 1.0 | 0.030 ± 0.000 |" in text
     assert "| initial (start pose) | 20.00 | 28.00 | 100.0 |  |" in text
+    _, runs, _, _ = _point2_records()
     point2 = {r["seed"]: r["metrics"]["point2_p50"] for r in runs}
     point = {r["seed"]: r["metrics"]["point_p50"] for r in runs}
     assert records.paired(point2, point).mean == pytest.approx(-5.0)  # every seed: 3 + s - (8 + s)
