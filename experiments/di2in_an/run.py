@@ -33,8 +33,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import records  # noqa: E402  (experiments/records.py)
 
-VARIANTS = ("di2in", "di2in_an")
-LABELS = {"di2in": "DI2IN", "di2in_an": "DI2IN-AN"}
+VARIANTS = ("di2in", "di2in_an", "di2in_an_hard")
+LABELS = {"di2in": "DI2IN", "di2in_an": "DI2IN-AN", "di2in_an_hard": "DI2IN-AN, hard-mask critic"}
+ADVERSARIAL = ("di2in_an", "di2in_an_hard")  # the variants with a critic (compared with DI2IN)
 PAPER = {400: (2.38, 2.09), 1000: (2.15, 1.95)}  # training volumes -> ASD mean (mm) DI2IN, DI2IN-AN (the talk)
 PANEL_CASES = 3  # the first test cases with a missing boundary shown in the panels
 SUMMARY = ("mean", "std", "max", "median")
@@ -51,7 +52,8 @@ def run_folder(variant: str, n_train: int, seed: int, args) -> Path:
 
 def overrides(variant: str, n_train: int, seed: int, args) -> list[str]:
     pretrain = args.steps if variant == "di2in" else args.pretrain
-    return [f"seed={seed}", f"data.size={args.size}", f"data.n_train={n_train}", f"data.n_test={args.n_test}",
+    hard = ["model.critic_mask=hard"] if variant == "di2in_an_hard" else []
+    return [*hard, f"seed={seed}", f"data.size={args.size}", f"data.n_train={n_train}", f"data.n_test={args.n_test}",
             f"data.n_val={args.n_val}", f"data.batch_size={args.batch}", f"model.channels={args.channels}",
             f"model.critic_channels={args.channels}", f"train.steps={args.steps}", f"adv.pretrain_steps={pretrain}",
             f"adv.weight={args.weight}", f"train.checkpoint_every={args.steps}", "train.log_every=50", *args.set]
@@ -193,34 +195,42 @@ def table(runs: list[dict]) -> str:
     lines = [head, "|" + "---|" * 12]
     for n in sizes:
         for v in VARIANTS:
+            if not _by_seed(runs, v, n, "asd_mean"):
+                continue
             cells = [_cell(runs, v, n, f"asd_{k}") for k in SUMMARY] + [_cell(runs, v, n, "dice", 3)]
             cells += [_cell(runs, v, n, k) for k in ("missing_asd_mean", "missing_asd_max", "normal_asd_mean")]
             cells += [_cell(runs, v, n, "real_dice", 3), _cell(runs, v, n, "real_asd")]
             lines.append(f"| {n} | {LABELS[v]} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences DI2IN-AN − DI2IN over seeds (negative = the shape prior lowers the distance; "
-              "two-sided paired t-test):", ""]
-    for n in sizes:
-        parts = []
-        for key, name in (("asd_mean", "ASD mean"), ("asd_std", "ASD std"), ("asd_max", "ASD max"),
-                          ("missing_asd_mean", "missing-boundary ASD mean"), ("dice", "Dice")):
-            diff = records.paired(_by_seed(runs, "di2in_an", n, key), _by_seed(runs, "di2in", n, key))
-            digits, unit = (3, "") if key == "dice" else (2, "mm")
-            parts.append(f"{name} {records.paired_cell(diff, digits, unit)}")
-        lines.append(f"- {n} training cases: " + "; ".join(parts) + ".")
+    lines += ["", "Paired differences with a critic − DI2IN over seeds (negative = the shape prior lowers the "
+              "distance; two-sided paired t-test):", ""]
+    for v in ADVERSARIAL:
+        for n in sizes:
+            if not _by_seed(runs, v, n, "asd_mean"):
+                continue
+            parts = []
+            for key, name in (("asd_mean", "ASD mean"), ("asd_std", "ASD std"), ("asd_max", "ASD max"),
+                              ("missing_asd_mean", "missing-boundary ASD mean"), ("dice", "Dice")):
+                diff = records.paired(_by_seed(runs, v, n, key), _by_seed(runs, "di2in", n, key))
+                digits, unit = (3, "") if key == "dice" else (2, "mm")
+                parts.append(f"{name} {records.paired_cell(diff, digits, unit)}")
+            lines.append(f"- {LABELS[v]} − DI2IN, {n} training cases: " + "; ".join(parts) + ".")
     lines += ["", "The paper's numbers for context (the talk; 1000+ real CT volumes at 3 mm, not comparable to "
               "procedural organs): ASD mean " + "; ".join(f"{a:.2f} → {b:.2f} mm with {n} training volumes"
                                                          for n, (a, b) in PAPER.items())
-              + "; the std and the max fall more than the mean.", "", critic_line(runs), "", footer(runs)]
+              + "; the std and the max fall more than the mean.", "", *[critic_line(runs, v) for v in ADVERSARIAL
+                                                                       if any(r["variant"] == v for r in runs)],
+              "", footer(runs)]
     return "\n".join(lines)
 
 
-def critic_line(runs: list[dict]) -> str:
-    """How the adversarial game ended: the DI2IN-AN runs' last logged critic and generator terms."""
-    logs = [r["train_log"] for r in runs if r["variant"] == "di2in_an" and r.get("train_log")]
+def critic_line(runs: list[dict], variant: str = "di2in_an") -> str:
+    """How the adversarial game ended: the last logged critic and generator terms of one variant's runs."""
+    logs = [r["train_log"] for r in runs if r["variant"] == variant and r.get("train_log")]
     if not logs:
-        return "The DI2IN-AN records hold no training log."
+        return f"The {LABELS[variant]} records hold no training log."
     mean = {k: float(np.mean([log[k] for log in logs])) for k in LOGGED}
-    return (f"The adversarial game at the last logged step (mean over {len(logs)} DI2IN-AN runs): critic loss "
+    return (f"{LABELS[variant]}: the adversarial game at the last logged step (mean over {len(logs)} runs): "
+            f"critic loss "
             f"{mean['d_loss']:.4f} (0.693 = cannot tell predicted from true masks), the generator's adversarial "
             f"loss {mean['g_adv']:.2f}, segmentation loss {mean['seg_loss']:.3f}, and the pull of the weighted "
             f"adversarial gradient on the fused logits relative to the segmentation gradient {mean['adv_pull']:.3f}.")
@@ -228,7 +238,7 @@ def critic_line(runs: list[dict]) -> str:
 
 def footer(runs: list[dict]) -> str:
     d = lambda path, fmt=str: records.describe(runs, path, fmt)  # noqa: E731
-    an = [r for r in runs if r["variant"] == "di2in_an"]
+    an = [r for r in runs if r["variant"] in ADVERSARIAL]
     seeds = ", ".join(str(v) for v in sorted(set(records.distinct(runs, "seed"))))
     return (f"Cells: mean ± sample std over seeds {seeds} of each run's statistic over "
             f"{d('data.n_test')} test cases ({d('data.n_missing')} with a missing boundary), "

@@ -45,6 +45,8 @@ from kfjax.train.method import Inference, Variables
 from kfjax.train.precision import apply_network
 from kfjax.train.state import TrainState
 
+CRITIC_MASKS = ("soft", "hard")  # what the critic is shown of a generated mask (ModelConfig.critic_mask)
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(BaseDataConfig):
@@ -63,6 +65,7 @@ class ModelConfig(DI2INModelConfig):
     critic_channels: tuple[int, ...] = (8, 16, 32, 64)  # critic features per stride-2 level (paper: 4-5 levels)
     critic_norm: str = "layer"  # layer | group | instance | none (no batch norm: real and fake are separate batches)
     condition: bool = False  # True: the critic sees image + mask (ablation); False: the mask alone (the paper)
+    critic_mask: str = "soft"  # soft: the probability map (the paper) | hard: thresholded at 0.5, straight-through
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,8 @@ def _check(config: DI2INANConfig) -> None:
         raise ConfigError(f"data.missing_fraction={d.missing_fraction} must be in [0, 1]")
     if m.critic_norm not in CRITIC_NORMS:
         raise ConfigError(f"model.critic_norm '{m.critic_norm}' is not one of {', '.join(CRITIC_NORMS)}")
+    if m.critic_mask not in CRITIC_MASKS:
+        raise ConfigError(f"model.critic_mask '{m.critic_mask}' is not one of {', '.join(CRITIC_MASKS)}")
     if not m.critic_channels:
         raise ConfigError("model.critic_channels needs at least one level, e.g. 8,16,32")
     if a.weight < 0 or a.pretrain_steps < 0 or a.d_steps < 1 or a.d_every < 1:
@@ -145,6 +150,15 @@ class DI2INANMethod(DI2INMethod):
         m = self.config.model
         return ShapeCritic(tuple(m.critic_channels), m.critic_norm)
 
+    def generated_mask(self, logits: jax.Array) -> jax.Array:
+        """The mask the critic is shown for generator logits: the probability map, or (model.critic_mask=hard) the
+        map thresholded at 0.5 with the probability's gradient (straight-through), so that the critic cannot
+        tell generated from true masks by their softness and has to judge their shape."""
+        p = jax.nn.sigmoid(logits)
+        if self.config.model.critic_mask == "hard":
+            return p + jax.lax.stop_gradient((p > 0.5).astype(p.dtype) - p)
+        return p
+
     def critic_input(self, batch, mask: jax.Array) -> jax.Array:
         """What the critic judges: the mask `(B, *S, 1)`, or image and mask `(B, *S, 2)` with model.condition."""
         return jnp.concatenate([batch["image"], mask], axis=-1) if self.config.model.condition else mask
@@ -182,7 +196,7 @@ class DI2INANMethod(DI2INMethod):
 
         outputs, pullback, updates = jax.vjp(forward, state.params["generator"], has_aux=True)
         real = self.critic_input(batch, batch["label"])
-        fake = self.critic_input(batch, jax.lax.stop_gradient(jax.nn.sigmoid(outputs[0])))
+        fake = self.critic_input(batch, jax.lax.stop_gradient(self.generated_mask(outputs[0])))
         state, d_loss = jax.lax.cond(critic_moves, self._critic_updates,
                                      lambda s, r, f: (s, jnp.zeros((), f.dtype)), state, real, fake)
 
@@ -190,8 +204,8 @@ class DI2INANMethod(DI2INMethod):
         critic = state.params["discriminator"]
 
         def fool(final):  # BCE(D(G(x)), real) with the critic as updated above
-            return losses.vanilla_gan_loss(self.discriminate(critic, self.critic_input(batch, jax.nn.sigmoid(final))),
-                                           True)
+            shown = self.critic_input(batch, self.generated_mask(final))
+            return losses.vanilla_gan_loss(self.discriminate(critic, shown), True)
 
         g_adv, adv_cot = jax.lax.cond(adversarial, jax.value_and_grad(fool),
                                       lambda f: (jnp.zeros((), f.dtype), jnp.zeros_like(f)), outputs[0])

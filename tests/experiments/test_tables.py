@@ -240,7 +240,8 @@ def _di2in_an_records():
 def test_di2in_an_table_comes_from_the_records(tmp_path):
     text = di2in_an_run.table(_di2in_an_records())
     assert "| 64 | DI2IN-AN |" in text and "| 16 | DI2IN |" in text
-    assert "- 16 training cases: ASD mean -0.15 ± 0.05 mm (n = 3" in text  # -(0.1 + 0.05 s) per seed
+    assert "- DI2IN-AN − DI2IN, 16 training cases: ASD mean -0.15 ± 0.05 mm (n = 3" in text  # -(0.1 + 0.05 s)
+    assert "hard-mask critic" not in text, "a variant without runs has no row, no test and no critic line"
     assert "critic loss 0.0020" in text and "relative to the segmentation gradient 0.060" in text
     assert "2.38 → 2.09 mm with 400 training volumes" in text and "Test CPU 9000" in text
     log = tmp_path / "metrics.jsonl"

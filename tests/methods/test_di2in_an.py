@@ -63,6 +63,18 @@ def test_shapes_and_critic_inputs():
     assert kernel.shape == (3, 3, 3, 2, 4)  # the conditioned critic's first convolution reads image and mask
 
 
+def test_a_hard_critic_mask_is_binary_and_passes_the_probability_gradient():
+    """model.critic_mask=hard shows the critic the mask thresholded at 0.5 (no softness to tell it from a true
+    mask) and gives the generator the probability's gradient (straight-through): d mask / d logit = p (1 - p)."""
+    logits = jnp.linspace(-3.0, 3.0, 13).reshape(1, 13, 1)
+    soft, hard = _method().generated_mask(logits), _method("model.critic_mask=hard").generated_mask(logits)
+    np.testing.assert_array_equal(hard, (np.asarray(logits) > 0).astype(np.float32))
+    p = jax.nn.sigmoid(logits)
+    np.testing.assert_allclose(soft, p)
+    grad = jax.grad(lambda x: jnp.sum(_method("model.critic_mask=hard").generated_mask(x) * jnp.arange(13.0)[:, None]))
+    np.testing.assert_allclose(grad(logits), (p * (1 - p)) * jnp.arange(13.0)[:, None], rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_adversarial_steps_lower_the_segmentation_loss():
     method = _method("adv.pretrain_steps=0", "adv.weight=0.1")
@@ -148,6 +160,7 @@ def test_generator_update_equals_di2in_when_the_adversarial_term_is_off(extra, c
     ("adv.weight=-1", "adv.weight"),
     ("data.missing_fraction=2", "missing_fraction"),
     ("train.accumulate=2", "accumulate"),
+    ("model.critic_mask=binary", "critic_mask"),
 ])
 def test_bad_settings_are_config_errors(override, words):
     with pytest.raises(ConfigError, match=words):
