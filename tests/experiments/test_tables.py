@@ -272,7 +272,7 @@ def _point2_records():
     """The optimisation record, three point2 records with per-row metrics (seed s adds s mm to POINT²) and three
     pose-regression records (12 + 2 s mm)."""
     rows = {"initial": (20.0, 28.0, 100.0, 0.0), "opt": (1.0, 40.0, 30.0, 9.0)}
-    opt = _record("intensity", "optimisation", None, {"levels": point2_run.OPT_LEVELS},
+    opt = _record("intensity", "optimisation", None, {"levels": point2_run.OPT_LEVELS, "cases": {"pair": "wide"}},
                   {f"{r}_{k}": v for r, vals in rows.items() for k, v in zip(("p50", "p95", "gfr", "s"), vals)},
                   data={"n_test": 64})
     runs = []
@@ -296,6 +296,9 @@ def _point2_records():
 def test_point2_table_comes_from_the_records():
     text = point2_run.table(*_point2_records())
     assert "| optimisation only, targets without the domain shift | 0.10 | 0.50 | 0.0 | 8.000 |" in text
+    # 2 views x (150 + 100 + 60) Adam steps in 9 s; refinement 2 x (60 + 60) in 3.0 - 0.03 s
+    assert "620 per case from the start, 69 renders/s" in text and "240 per case in the refinement" in text
+    assert f"{240 / 2.97:.0f} renders/s." in text
     assert "| pose regression (CNN) | 14.00 ± 2.00 | 30.00 ± 0.00 | 60.0 ± 0.0 | 0.010 ± 0.000 |" in text
     # POINT² - regression per seed: (3 + s) - (12 + 2 s) = -9 - s: mean -10, std 1
     assert "- POINT² (two views, triangulation) − pose regression (CNN), p50: -10.00 ± 1.00 mm (n = 3" in text
