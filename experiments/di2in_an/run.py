@@ -241,8 +241,9 @@ def critic_line(runs: list[dict], variant: str = "di2in_an") -> str:
 def footer(runs: list[dict]) -> str:
     d = lambda path, fmt=str: records.describe(runs, path, fmt)  # noqa: E731
     an = [r for r in runs if r["variant"] in ADVERSARIAL]
-    seeds = ", ".join(str(v) for v in sorted(set(records.distinct(runs, "seed"))))
-    return (f"Cells: mean ± sample std over seeds {seeds} of each run's statistic over "
+    seeds = "; ".join(f"{LABELS[v]} {', '.join(str(s) for s in sorted({r['seed'] for r in runs if r['variant'] == v}))}"
+                      for v in VARIANTS if any(r["variant"] == v for r in runs))
+    return (f"Cells: mean ± sample std over the seeds ({seeds}) of each run's statistic over "
             f"{d('data.n_test')} test cases ({d('data.n_missing')} with a missing boundary), "
             f"{d('settings.data.size')}³ voxels of {d('data.spacing_mm', lambda v: f'{v:g}')} mm; "
             f"{d('settings.train.steps')} steps of batch {d('settings.data.batch_size')}, generator and critic "
@@ -293,6 +294,7 @@ def panels(runs: list[dict], args, out_dir: Path) -> list[str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="variants to run or tabulate")
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 64], help="training-set sizes (cases)")
     p.add_argument("--size", type=int, default=24, help="case side in voxels (192 mm field: 8 mm voxels at 24)")
     p.add_argument("--steps", type=int, default=300, help="training steps per run")
@@ -316,7 +318,7 @@ def main(argv=None) -> None:
     runs = []
     for n in args.sizes:
         for seed in args.seeds:
-            for v in VARIANTS:
+            for v in args.variants:
                 folder = run_folder(v, n, seed, args)
                 if args.table_only:
                     if records.exists(folder):
