@@ -83,6 +83,9 @@ def run(args) -> dict:
     cases = benchmark.first_cases(method.dataset("test").arrays, args.cases)
     evaluation, _ = benchmark.predict(method, state, cases)
     rows = {"evaluation": [], "command": [], "command_refined": [], "command_vs_estimate": []}
+    # the command's scene of the exported CT (one scene: estimate compiles once for every case)
+    scene = method.scene_for(method.subject.volume, method.subject.affine, method.subject.centre, method.camera,
+                             method.extrinsics)
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.cases):
             case = Path(tmp) / f"case{k}"
@@ -90,8 +93,6 @@ def run(args) -> dict:
             files = export(case, method, cases, k)
             pose = register(files, checkpoint, case / "point2")
             refined = register(files, checkpoint, case / "refined", "--refine")
-            scene = method.scene_for(method.subject.volume, method.subject.affine, method.subject.centre,
-                                     method.camera, method.extrinsics)
             direct = np.asarray(method.estimate(state, scene, cases["xray"][k], cases["init_transform"][k])[
                 "transform"], np.float64)
             one = {key: value[k:k + 1] for key, value in cases.items()}

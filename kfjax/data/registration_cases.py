@@ -213,6 +213,24 @@ def _points_and_anchors(bone_index, affine, centre, points: int):
     return pts, near[rng.choice(len(near), min(ANCHORS, len(near)), replace=False)]
 
 
+def _subject_from_ct(name, hu, affine, bone, lung, target_downsample, volume_downsample, points) -> Subject:
+    """A :class:`Subject` of a CT in HU (X, Y, Z) with its bone and lung masks: the DRR volume (``drr.hu_to_mu``,
+    block-averaged ``volume_downsample``), the target volume (non-bone voxels capped at ``SOFT_CAP_HU``, split
+    into water and bone by :func:`kfjax.data.xray_decomposition.split_components`, block-averaged
+    ``target_downsample``), the CT's centre, ``points`` target points and the anchors from the bone voxels."""
+    from kfjax.physics.drr import hu_to_mu
+    from kfjax.register.pose import downsample_volume, volume_centre
+
+    volume, vol_affine = downsample_volume(np.asarray(hu_to_mu(hu)), affine, volume_downsample)
+    capped = np.where(bone, hu, np.minimum(hu, SOFT_CAP_HU))
+    b, lu, soft = split_components(np.asarray(hu_to_mu(capped)), bone, lung)
+    water, t_affine = downsample_volume(lu + soft, affine, target_downsample)
+    bone_mu, _ = downsample_volume(b, affine, target_downsample)
+    centre = volume_centre(affine, hu.shape)
+    pts, anchors = _points_and_anchors(np.argwhere(bone), affine, centre, points)
+    return Subject(name, volume, vol_affine, np.stack([water, bone_mu], -1), t_affine, centre, pts, anchors)
+
+
 @functools.lru_cache(maxsize=2)
 def chest_subject(target_downsample=(2, 2, 1), volume_downsample=(4, 4, 1), points: int = 1000) -> Subject:
     """The ``chest-ct`` source (512x512x133, 0.703x0.703x2.5 mm) as a :class:`Subject`.
@@ -224,8 +242,6 @@ def chest_subject(target_downsample=(2, 2, 1), volume_downsample=(4, 4, 1), poin
     Points: ``points`` random voxels of the bone labels; anchors: bone voxels within METAL_REACH_MM of the centre.
     """
     from kfjax.data.sources import load
-    from kfjax.physics.drr import hu_to_mu
-    from kfjax.register.pose import downsample_volume, volume_centre
 
     d = load("chest-ct")
     hu = np.asarray(d["ct"].array, np.float32)
@@ -233,14 +249,7 @@ def chest_subject(target_downsample=(2, 2, 1), volume_downsample=(4, 4, 1), poin
     labels = np.asarray(d["mask"].array)
     bone = np.isin(labels, label_ids(d["structures"], BONE_PREFIXES))
     lung = np.isin(labels, label_ids(d["structures"], LUNG_PREFIXES))
-    volume, vol_affine = downsample_volume(np.asarray(hu_to_mu(hu)), affine, volume_downsample)
-    capped = np.where(bone, hu, np.minimum(hu, SOFT_CAP_HU))
-    b, lu, soft = split_components(np.asarray(hu_to_mu(capped)), bone, lung)
-    water, t_affine = downsample_volume(lu + soft, affine, target_downsample)
-    bone_mu, _ = downsample_volume(b, affine, target_downsample)
-    centre = volume_centre(affine, hu.shape)
-    pts, anchors = _points_and_anchors(np.argwhere(bone), affine, centre, points)
-    return Subject("chest-ct", volume, vol_affine, np.stack([water, bone_mu], -1), t_affine, centre, pts, anchors)
+    return _subject_from_ct("chest-ct", hu, affine, bone, lung, target_downsample, volume_downsample, points)
 
 
 @functools.lru_cache(maxsize=2)
@@ -258,8 +267,6 @@ def head_subject(volume_downsample=(2, 2, 1), points: int = 1000) -> Subject:
     from scipy import ndimage
 
     from kfjax.data.sources import load
-    from kfjax.physics.drr import hu_to_mu
-    from kfjax.register.pose import downsample_volume, volume_centre
 
     ct = load("head-ct")
     hu, affine = np.asarray(ct.array, np.float32), np.asarray(ct.affine, np.float64)
@@ -267,12 +274,7 @@ def head_subject(volume_downsample=(2, 2, 1), points: int = 1000) -> Subject:
     head = regions == np.argmax(np.bincount(regions.ravel())[1:]) + 1
     hu = np.where(head, hu, np.float32(-1000.0))
     bone = head & (hu >= BONE_HU)
-    volume, vol_affine = downsample_volume(np.asarray(hu_to_mu(hu)), affine, volume_downsample)
-    capped = np.where(bone, hu, np.minimum(hu, SOFT_CAP_HU))
-    b, lu, soft = split_components(np.asarray(hu_to_mu(capped)), bone, np.zeros_like(bone))
-    centre = volume_centre(affine, hu.shape)
-    pts, anchors = _points_and_anchors(np.argwhere(bone), affine, centre, points)
-    return Subject("head-ct", volume, vol_affine, np.stack([lu + soft, b], -1), affine, centre, pts, anchors)
+    return _subject_from_ct("head-ct", hu, affine, bone, np.zeros_like(bone), (1, 1, 1), volume_downsample, points)
 
 
 @functools.lru_cache(maxsize=2)
