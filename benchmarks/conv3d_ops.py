@@ -2,9 +2,11 @@
 weight gradient, and the 2x max pool, in kfjax, in XLA's own 3-D convolution and in PyTorch, side by side.
 
 The layers are those of the 3-D U-Net of `train_step.py --dims 3` (batch 2; 16 channels at 64^3, 32 at 32^3,
-64 at 16^3, 128 at 8^3). kfjax = `kfjax.nn.conv3d.conv_general_dilated` as shipped (on CPU a depth-tap sum of
-2-D convolutions above `MIN_DEPTH_TAP_MACS`), compiled with kfjax's CPU options; xla-conv3d =
-`lax.conv_general_dilated`; torch = `torch.nn.functional.conv3d` (its backward timed on a kept graph).
+64 at 16^3, 128 at 8^3). kfjax = `kfjax.nn.conv3d.conv_general_dilated` as shipped (on CPU at depth stride 1
+one 2-D convolution with the depth taps stacked on its outputs, above `MIN_STACKED_MACS`), compiled with kfjax's
+CPU options; kfjax taps = the form kfjax used before (one 2-D convolution per depth tap on the planes it reads,
+summed; `kfjax.nn.conv3d._taps`); xla-conv3d = `lax.conv_general_dilated`; torch = `torch.nn.functional.conv3d`
+(its backward timed on a kept graph).
 Every operation's variants run round-robin, so they see the same machine load: compare ratios.
 
     python benchmarks/conv3d_ops.py            # print the table
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import sys
@@ -49,8 +52,14 @@ def jax_ops(side: int, channels: int, rng) -> dict[str, dict]:
         c = jax.jit(f).lower(*args).compile(dict(CPU_COMPILER_OPTIONS))
         return lambda: jax.block_until_ready(c(*args))
 
+    def taps(x, w, window_strides, padding, dimension_numbers):  # SAME, stride 1: pad depth, 2-D convs per tap
+        conv2d = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding=[(1, 1), (1, 1)],
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv3d._taps(jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0))), w, 1, 1, conv2d)
+
     ops = {"forward": {}, "input gradient": {}, "weight gradient": {}}
-    for name, conv in (("kfjax", conv3d.conv_general_dilated), ("xla-conv3d", lax.conv_general_dilated)):
+    for name, conv in (("kfjax", conv3d.conv_general_dilated), ("kfjax taps", taps),
+                       ("xla-conv3d", lax.conv_general_dilated)):
         def fwd(x, w, conv=conv):
             return conv(x, w, (1, 1, 1), "SAME", dimension_numbers=DN)
 
@@ -104,15 +113,17 @@ def main() -> None:
 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(threads)
-    rows = ["| layer | operation | kfjax, s | xla-conv3d, s | torch, s | kfjax / torch | xla-conv3d / torch |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    columns = ("kfjax", "kfjax taps", "xla-conv3d", "torch")
+    rows = ["| layer | operation | " + " | ".join(f"{c}, s" for c in columns) + " | "
+            + " | ".join(f"{c} / torch" for c in columns[:-1]) + " |", "| --- | --- |" + " ---: |" * 7]
     for side, channels in LAYERS:
         rng = np.random.default_rng(0)
         ours, theirs = jax_ops(side, channels, rng), torch_ops(side, channels, rng)
         for op, variants in ours.items():
             t = round_robin({**variants, "torch": theirs[op]}, args.steps)
-            rows.append(f"| {side}^3 x {channels} | {op} | {t['kfjax']:.3f} | {t['xla-conv3d']:.3f} | "
-                        f"{t['torch']:.3f} | {t['kfjax'] / t['torch']:.2f} | {t['xla-conv3d'] / t['torch']:.2f} |")
+            cells = [f"{t[c]:.3f}" if c in t else "-" for c in columns]
+            cells += [f"{t[c] / t['torch']:.2f}" if c in t else "-" for c in columns[:-1]]
+            rows.append(f"| {side}^3 x {channels} | {op} | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
     command = " ".join(["python", "benchmarks/conv3d_ops.py", *sys.argv[1:]])
     text = "\n".join(rows + [

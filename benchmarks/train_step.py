@@ -5,7 +5,7 @@ nearest x2 upsample + 3x3 conv (or pixel shuffle), concat skips, 1x1 output conv
 MSE loss, Adam(1e-3). The torch model starts from kfjax's initial weights, so the first losses must agree.
 `--dims 3`: the same U-Net in 3-D (3x3x3 convs), channels (16, 32, 64, 128), batch 2 of 64x64x64x1, nearest
 upsampling; its second kfjax variant computes the 3-D convolutions with XLA's own 3-D convolution instead of
-kfjax's depth-tap sum of 2-D ones (`kfjax.nn.conv3d`).
+kfjax's 2-D form of them (`kfjax.nn.conv3d`).
 
     python benchmarks/train_step.py            # print the tables
     python benchmarks/train_step.py --write    # also replace the train_step section of benchmarks/README.md
@@ -42,6 +42,7 @@ DIMS = 2  # set from --dims in main() before anything is built
 # is the same kfjax step with KFJAX_CPU_YNN=1, i.e. XLA's default, to show what that choice is worth.
 YNN = "ynn"
 XLA3D = "xla-conv3d"  # the 3-D variant with lax.conv_general_dilated in place of kfjax.nn.conv3d
+TAPS = "taps"  # the 3-D variant with kfjax.nn.conv3d's tap sum at depth stride 1 too (its form before stacking)
 
 
 def shape(key: str):
@@ -64,7 +65,8 @@ def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
     """Build and compile the kfjax step: (run_one_step, first_call_s, n_params, numpy init params, loss,
     XLA temp bytes per sample).
 
-    variant: "" (kfjax as it ships), YNN (XLA's default CPU convolutions) or XLA3D (no depth-tap 3-D convs).
+    variant: "" (kfjax as it ships), YNN (XLA's default CPU convolutions), XLA3D (XLA's own 3-D convolutions)
+    or TAPS (one 2-D convolution per depth tap, summed, also at depth stride 1).
     """
     import flax.linen as nn
     import jax
@@ -78,6 +80,9 @@ def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
 
     model = UNet(out_channels=1, channels=shape("channels"), norm="group", act="relu", upsample=upsample)
     blocks.Conv = nn.Conv if variant == XLA3D else conv3d.Conv  # read when the model traces
+    stacked = conv3d._stacked
+    if variant == TAPS:
+        conv3d._stacked = lambda x, rhs, conv2d: conv3d._taps(x, rhs, 1, 1, conv2d)
     params = model.init(jax.random.key(SEED), x[:1])["params"]
     host_params = jax.tree.map(np.asarray, params)
 
@@ -104,7 +109,7 @@ def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
 
     t0 = time.perf_counter()
     compiled = train_step.lower(holder["state"], batch).compile()
-    blocks.Conv = conv3d.Conv
+    blocks.Conv, conv3d._stacked = conv3d.Conv, stacked
 
     def run() -> float:
         holder["state"], metrics = compiled(holder["state"], batch)
@@ -300,8 +305,10 @@ def report(args, results, rows, threads, losses) -> str:
             "`xla_cpu_experimental_ynn_fusion_type=''`, YNNPACK convolution fusions off); kfjax ynn = the same "
             "step with `KFJAX_CPU_YNN=1`, XLA's default convolutions" if DIMS == 2 else
             f"- shapes: channels {shape('channels')}, batch {shape('batch')} of {shape('size')}^3 x 1; kfjax = "
-            "the step as `make_train_step` compiles it, 3-D convolutions as depth-tap sums of 2-D ones "
-            f"(`kfjax.nn.conv3d`); kfjax {XLA3D} = the same step with XLA's own 3-D convolution"]
+            "the step as `make_train_step` compiles it, 3-D convolutions as 2-D ones (`kfjax.nn.conv3d`: at "
+            f"depth stride 1 one 2-D convolution with the depth taps stacked on its outputs); kfjax {TAPS} = the "
+            "same step with one 2-D convolution per depth tap on the planes it reads, summed (kfjax's form before "
+            f"the stacked one); kfjax {XLA3D} = the same step with XLA's own 3-D convolution"]
     return "\n".join(out)
 
 
@@ -345,8 +352,8 @@ def main() -> None:
     x, y = make_data()
     variants, results, losses = {}, {}, {}
     for up in args.upsample:
-        other = YNN if DIMS == 2 else XLA3D
-        for name, variant in ((f"kfjax {up}", ""), (f"kfjax {other} {up}", other)):
+        others = [YNN] if DIMS == 2 else [TAPS, XLA3D]
+        for name, variant in ((f"kfjax {up}", ""), *((f"kfjax {o} {up}", o) for o in others)):
             run, first, n_jax, params, loss, temp = kfjax_variant(up, variant, x, y)
             variants[name], results[name] = run, {"first": first, "temp": temp}
             losses[name] = loss
@@ -359,7 +366,8 @@ def main() -> None:
     for name, times in measure(variants, args.warmup, args.steps).items():
         results[name]["times"] = times
     rows = [] if args.no_scaling else scaling(args)
-    loss_text = ", ".join(f"{k} {v:.5f}" for k, v in losses.items() if YNN not in k and XLA3D not in k)
+    loss_text = ", ".join(f"{k} {v:.5f}" for k, v in losses.items()
+                          if not any(o in k for o in (YNN, TAPS, XLA3D)))
     text = report(args, results, rows, threads, loss_text)
     print(text)
     if args.write:

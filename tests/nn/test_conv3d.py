@@ -16,8 +16,9 @@ DN = ("NDHWC", "DHWIO", "NDHWC")
 
 @pytest.fixture(autouse=True)
 def depth_taps_at_every_size(monkeypatch):
-    """The small inputs here take the depth-tap path (by default it starts at MIN_DEPTH_TAP_MACS)."""
+    """The small inputs here take the 2-D paths (by default they start at MIN_STACKED_MACS / MIN_DEPTH_TAP_MACS)."""
     monkeypatch.setattr(conv3d, "MIN_DEPTH_TAP_MACS", 0)
+    monkeypatch.setattr(conv3d, "MIN_STACKED_MACS", 0)
 
 
 def _conv_ranks(fn, *args) -> list[int]:
@@ -28,7 +29,8 @@ def _conv_ranks(fn, *args) -> list[int]:
 
 @pytest.mark.parametrize("kernel,strides,padding,groups", [
     ((3, 3, 3), (1, 1, 1), "SAME", 1), ((3, 3, 3), (2, 2, 2), "SAME", 1), ((1, 1, 1), (1, 1, 1), "VALID", 1),
-    ((3, 1, 3), (2, 1, 1), [(1, 1), (0, 0), (2, 0)], 1), ((3, 3, 3), (1, 1, 1), "SAME", 4)])
+    ((3, 1, 3), (2, 1, 1), [(1, 1), (0, 0), (2, 0)], 1), ((3, 3, 3), (1, 1, 1), "SAME", 4),
+    ((2, 3, 3), (1, 2, 2), [(2, 0), (1, 1), (0, 1)], 1)])
 def test_equals_lax_3d_convolution_and_its_gradients(kernel, strides, padding, groups):
     """Same products, summed in another order: in float64 the two agree to ~1e-14 relative."""
     with jax.enable_x64(True):
@@ -64,14 +66,31 @@ def test_flax_conv_keeps_its_parameters_and_2d_inputs_pass_through():
                                                                dimension_numbers=("NHWC", "HWIO", "NHWC")))
 
 
-def test_small_convolutions_stay_3d_and_large_ones_become_depth_taps(monkeypatch):
+def test_small_convolutions_stay_3d_and_large_ones_become_2d(monkeypatch):
+    """Large ones: one 2-D convolution (taps stacked on the outputs) at depth stride 1, one per tap otherwise."""
     monkeypatch.setattr(conv3d, "MIN_DEPTH_TAP_MACS", 10**6)
+    monkeypatch.setattr(conv3d, "MIN_STACKED_MACS", 10**6)
     w = jnp.ones((3, 3, 3, 4, 4))
 
-    def conv(x):
-        return conv_general_dilated(x, w, (1, 1, 1), "SAME", dimension_numbers=DN)
+    def conv(x, strides=(1, 1, 1), groups=1):
+        return conv_general_dilated(x, w[..., :4 // groups, :], strides, "SAME", dimension_numbers=DN,
+                                    feature_group_count=groups)
 
     small = jnp.ones((1, 8, 8, 8, 4))  # 512 voxels x 432 MACs = 2.2e5 multiply-adds
     large = jnp.ones((1, 16, 16, 16, 4))  # 4096 x 432 = 1.8e6
     assert _conv_ranks(conv, small) == [3]
-    assert _conv_ranks(conv, large) == [2, 2, 2]
+    assert _conv_ranks(conv, large) == [2]
+    assert _conv_ranks(lambda x: conv(jnp.tile(x, (1, 2, 1, 1, 1)), strides=(2, 1, 1)), large) == [2, 2, 2]
+    assert _conv_ranks(lambda x: conv(jnp.tile(x, (1, 2, 1, 1, 1)), groups=2), large) == [2, 2, 2]
+
+
+def test_dilated_height_and_width_equal_lax():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        x, w = jnp.asarray(rng.normal(size=(1, 6, 9, 9, 3))), jnp.asarray(rng.normal(size=(3, 3, 3, 3, 5)))
+        kwargs = dict(rhs_dilation=(1, 2, 2), dimension_numbers=DN)
+        np.testing.assert_allclose(jax.jit(lambda x, w: conv_general_dilated(x, w, (1, 1, 1), "SAME", **kwargs))(x, w),
+                                   jax.lax.conv_general_dilated(x, w, (1, 1, 1), "SAME", **kwargs), rtol=1e-12,
+                                   atol=1e-12)
+        assert _conv_ranks(lambda x: conv_general_dilated(x, w, (1, 1, 1), "SAME", **kwargs), x) == [2]
+
