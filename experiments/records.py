@@ -248,6 +248,28 @@ def train_to_end(method, workdir: str | Path, label: str) -> tuple[Any, float]:
     return result.state, time.perf_counter() - start
 
 
+def last_train_log(workdir: str | Path, keys: Sequence[str]) -> dict[str, float]:
+    """The `keys` of the last training entry of `workdir/metrics.jsonl` (empty if there is none)."""
+    path = Path(workdir) / "metrics.jsonl"
+    last = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        entry = json.loads(line)
+        if entry.get("split") == "train":
+            last = entry
+    return {k: float(last[k]) for k in keys if k in last}
+
+
+def with_train_log(record: dict, keys: Sequence[str]) -> dict:
+    """`record` with `train_log` (:func:`last_train_log` of its run), added to its file when it lacks one and the
+    run's folder still holds the log."""
+    if "train_log" not in record:
+        log = last_train_log(Path(record["_folder"]) / "work", keys)
+        if log:
+            record = {**record, "train_log": log}
+            save(record, record["_folder"])
+    return record
+
+
 def distinct(records: Iterable[Mapping[str, Any]], path: str | Any) -> list[Any]:
     """The distinct values of `path` (a dotted path, or a function of a record) over `records`, in the
     order first seen; lists/dicts compare by value."""

@@ -22,7 +22,6 @@ into README.md (section "results") and the per-method panels into `panels/`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,9 +32,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import records  # noqa: E402  (experiments/records.py)
 
-VARIANTS = ("di2in", "di2in_an", "di2in_an_hard")
-LABELS = {"di2in": "DI2IN", "di2in_an": "DI2IN-AN", "di2in_an_hard": "DI2IN-AN, hard-mask critic"}
-ADVERSARIAL = ("di2in_an", "di2in_an_hard")  # the variants with a critic (compared with DI2IN)
+VARIANTS = ("di2in", "di2in_an", "di2in_an_hard", "di2in_an_image_hard")
+LABELS = {"di2in": "DI2IN", "di2in_an": "DI2IN-AN", "di2in_an_hard": "DI2IN-AN, hard-mask critic",
+          "di2in_an_image_hard": "DI2IN-AN, hard-mask critic given the image"}
+CRITIC = {"di2in_an_hard": ["model.critic_mask=hard"],  # settings beyond DI2IN-AN's
+          "di2in_an_image_hard": ["model.critic_mask=hard", "model.condition=true"]}
+ADVERSARIAL = VARIANTS[1:]  # the variants with a critic
+PAIRS = [(v, "di2in") for v in ADVERSARIAL] + [("di2in_an_image_hard", "di2in_an_hard")]  # paired tests, a - b
 PAPER = {400: (2.38, 2.09), 1000: (2.15, 1.95)}  # training volumes -> ASD mean (mm) DI2IN, DI2IN-AN (the talk)
 PANEL_CASES = 3  # the first test cases with a missing boundary shown in the panels
 SUMMARY = ("mean", "std", "max", "median")
@@ -52,9 +55,9 @@ def run_folder(variant: str, n_train: int, seed: int, args) -> Path:
 
 def overrides(variant: str, n_train: int, seed: int, args) -> list[str]:
     pretrain = args.steps if variant == "di2in" else args.pretrain
-    hard = ["model.critic_mask=hard"] if variant == "di2in_an_hard" else []
-    return [*hard, f"seed={seed}", f"data.size={args.size}", f"data.n_train={n_train}", f"data.n_test={args.n_test}",
-            f"data.n_val={args.n_val}", f"data.batch_size={args.batch}", f"model.channels={args.channels}",
+    return [*CRITIC.get(variant, []), f"seed={seed}", f"data.size={args.size}", f"data.n_train={n_train}",
+            f"data.n_test={args.n_test}", f"data.n_val={args.n_val}", f"data.batch_size={args.batch}",
+            f"model.channels={args.channels}",
             f"model.critic_channels={args.channels}", f"train.steps={args.steps}", f"adv.pretrain_steps={pretrain}",
             f"adv.weight={args.weight}", f"train.checkpoint_every={args.steps}", "train.log_every=50", *args.set]
 
@@ -121,28 +124,6 @@ def summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
 LOGGED = ("seg_loss", "d_loss", "g_adv", "adv_pull")  # the training log's last values kept in each record
 
 
-def last_train_log(workdir: Path) -> dict[str, float]:
-    """The ``LOGGED`` values of the last training entry of ``workdir/metrics.jsonl`` (empty if there is none)."""
-    path = Path(workdir) / "metrics.jsonl"
-    last = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        entry = json.loads(line)
-        if entry.get("split") == "train":
-            last = entry
-    return {k: float(last[k]) for k in LOGGED if k in last}
-
-
-def with_train_log(record: dict) -> dict:
-    """``record`` with ``train_log`` (:func:`last_train_log` of its run), added to its file when it lacks one and
-    the run's folder still holds the log."""
-    if "train_log" not in record:
-        log = last_train_log(Path(record["_folder"]) / "work")
-        if log:
-            record = {**record, "train_log": log}
-            records.save(record, record["_folder"])
-    return record
-
-
 def run_one(variant: str, n_train: int, seed: int, args) -> dict:
     """Train one (variant, size, seed) or reuse its record; score the test cases and the real CT."""
     import jax
@@ -170,7 +151,7 @@ def run_one(variant: str, n_train: int, seed: int, args) -> dict:
                           metrics=metrics, clock=clock, timings=timings,
                           data={"n_train": n_train, "n_test": len(scores["asd"]),
                                 "n_missing": int(scores["missing"].sum()), "spacing_mm": method.spacing},
-                          per_case=per_case, train_log=last_train_log(folder / "work"))
+                          per_case=per_case, train_log=records.last_train_log(folder / "work", LOGGED))
     records.save(record, folder)
     jax.clear_caches()
     print(f"{variant} n={n_train} seed {seed}: ASD {metrics['asd_mean']:.2f} mm, Dice {metrics['dice']:.3f} "
@@ -201,19 +182,20 @@ def table(runs: list[dict]) -> str:
             cells += [_cell(runs, v, n, k) for k in ("missing_asd_mean", "missing_asd_max", "normal_asd_mean")]
             cells += [_cell(runs, v, n, "real_dice", 3), _cell(runs, v, n, "real_asd")]
             lines.append(f"| {n} | {LABELS[v]} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences with a critic − DI2IN over seeds (negative = the shape prior lowers the "
-              "distance; two-sided paired t-test):", ""]
-    for v in ADVERSARIAL:
+    lines += ["", "Paired differences over seeds, a variant with a critic − DI2IN (negative = the shape prior lowers "
+              "the distance) and the image-conditioned critic − the same critic without the image; two-sided "
+              "paired t-test:", ""]
+    for v, base in PAIRS:
         for n in sizes:
-            if not _by_seed(runs, v, n, "asd_mean"):
+            if not (_by_seed(runs, v, n, "asd_mean") and _by_seed(runs, base, n, "asd_mean")):
                 continue
             parts = []
             for key, name in (("asd_mean", "ASD mean"), ("asd_std", "ASD std"), ("asd_max", "ASD max"),
                               ("missing_asd_mean", "missing-boundary ASD mean"), ("dice", "Dice")):
-                diff = records.paired(_by_seed(runs, v, n, key), _by_seed(runs, "di2in", n, key))
+                diff = records.paired(_by_seed(runs, v, n, key), _by_seed(runs, base, n, key))
                 digits, unit = (3, "") if key == "dice" else (2, "mm")
                 parts.append(f"{name} {records.paired_cell(diff, digits, unit)}")
-            lines.append(f"- {LABELS[v]} − DI2IN, {n} training cases: " + "; ".join(parts) + ".")
+            lines.append(f"- {LABELS[v]} − {LABELS[base]}, {n} training cases: " + "; ".join(parts) + ".")
     lines += ["", "The paper's numbers for context (the talk; 1000+ real CT volumes at 3 mm, not comparable to "
               "procedural organs): ASD mean " + "; ".join(f"{a:.2f} → {b:.2f} mm with {n} training volumes"
                                                          for n, (a, b) in PAPER.items())
@@ -322,9 +304,9 @@ def main(argv=None) -> None:
                 folder = run_folder(v, n, seed, args)
                 if args.table_only:
                     if records.exists(folder):
-                        runs.append(with_train_log(records.load(folder)))
+                        runs.append(records.with_train_log(records.load(folder), LOGGED))
                 else:
-                    runs.append(with_train_log(run_one(v, n, seed, args)))
+                    runs.append(records.with_train_log(run_one(v, n, seed, args), LOGGED))
     if not runs:
         raise SystemExit("no finished runs to tabulate")
     text = table(runs)

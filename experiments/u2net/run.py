@@ -32,6 +32,7 @@ import records  # noqa: E402  (experiments/records.py)
 
 MODES = ["independent", "shared", "universal"]
 ADD = "add_domain"
+LOGGED = ("loss", "lovasz", "focal")  # the training log's last values kept in each record (mean of 50 steps)
 PAPER_WIDTHS = (16, 32, 64, 128, 256)  # base 16, five levels (the paper's smaller tasks; liver uses six)
 PAPER = ("Paper (MSD heart, liver, hippocampus, prostate, pancreas, spleen; real patients): universal Dice "
          "close to independent networks (within about a point per task), shared mode lower, with about 1 % of "
@@ -102,7 +103,8 @@ def run_mode(mode: str, seed: int, args) -> dict:
     data = {"n_train_per_domain": args.n_train, "n_test_per_domain": args.n_val,
             "domains": [d.name for d in method.domains]}
     record = records.make(method="u2net", variant=mode, seed=seed, settings=to_dict(method.config), metrics=metrics,
-                          clock=clock, timings=timings, data=data)
+                          clock=clock, timings=timings, data=data,
+                          train_log=records.last_train_log(folder / "work", LOGGED))
     records.save(record, folder)
     jax.clear_caches()
     print(f"{mode} seed {seed}: Dice {metrics['dice']:.3f} ({record['wall_s']:.0f} s)", file=sys.stderr, flush=True)
@@ -179,6 +181,8 @@ def table(runs: list[dict], domains: list[str], new: str) -> str:
 def comparisons(runs: list[dict]) -> list[str]:
     out = []
     for a, b in (("universal", "independent"), ("universal", "shared"), ("shared", "independent")):
+        if not (_by_seed(runs, a, "dice") and _by_seed(runs, b, "dice")):
+            continue
         diff = records.paired(_by_seed(runs, a, "dice"), _by_seed(runs, b, "dice"))
         out.append(f"- mean Dice, {a} − {b}: {records.paired_cell(diff, 3)}")
     adds = [r for r in runs if r["variant"] == ADD]
@@ -190,7 +194,7 @@ def comparisons(runs: list[dict]) -> list[str]:
     return out
 
 
-def panels(runs: list[dict], out_dir: Path) -> list[str]:
+def panels(runs: list[dict], out_dir: Path, prefix: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,14 +219,14 @@ def panels(runs: list[dict], out_dir: Path) -> list[str]:
         for row, name in enumerate(("image", "label", "prediction")):
             axes[row, 0].set_ylabel(name)
         fig.suptitle(f"{variant}, seed {recs[0]['seed']}: middle slice of the first test patch per domain", fontsize=9)
-        name = f"{variant}.png"
+        name = f"{prefix}{variant}.png"
         fig.savefig(out_dir / name, dpi=80, bbox_inches="tight")
         plt.close(fig)
         lines.append(f"![{variant}](panels/{name})")
     return lines
 
 
-def report(runs: list[dict], args, out_dir: Path | None) -> str:
+def report(runs: list[dict], args, out_dir: Path | None, prefix: str = "") -> str:
     from kfjax.data.domains import DEFAULT_DOMAINS, DOMAINS, NEW_DOMAIN
 
     domains = list(DEFAULT_DOMAINS)
@@ -234,8 +238,30 @@ def report(runs: list[dict], args, out_dir: Path | None) -> str:
             "one template cannot show generalisation across patients: their test patches come from a held-out slab "
             "of the same subject.", "", records.environment_summary(runs)]
     if out_dir is not None:
-        text += ["", *panels(runs, out_dir)]
+        text += ["", *panels(runs, out_dir, prefix)]
     return "\n".join(text)
+
+
+def lengths_table(by_steps: dict[int, list[dict]]) -> str:
+    """Mean Dice of every mode and the universal − independent gap per training length (`by_steps`: steps -> that
+    length's run records), with each mode's last logged training loss (does the gap close with training?)."""
+    lines = ["| steps (per domain) | " + " | ".join(f"{m} Dice" for m in MODES) + " | universal − independent | "
+             "last training loss: " + " / ".join(MODES) + " |", "|" + "---|" * (len(MODES) + 3)]
+    for steps, runs in sorted(by_steps.items()):
+        dice = [records.cell(list(_by_seed(runs, m, "dice").values()), 3) or "not run" for m in MODES]
+        gap = records.paired(_by_seed(runs, "universal", "dice"), _by_seed(runs, "independent", "dice"))
+        loss = [records.cell([r["train_log"]["loss"] for r in runs if r["variant"] == m and r.get("train_log")], 3)
+                or "-" for m in MODES]
+        lines.append(f"| {steps} ({steps // len(runs[0]['data']['domains'])}) | " + " | ".join(dice)
+                     + f" | {records.paired_cell(gap, 3)} | " + " / ".join(loss) + " |")
+    everything = [r for runs in by_steps.values() for r in runs]
+    seeds = ", ".join(map(str, sorted(records.distinct(everything, "seed"))))
+    lines += ["", f"Dice: mean over the domains of each run's test Dice, mean ± std over seeds ({seeds}); the gap is "
+              "a paired t-test over seeds. Last training loss: Lovász-softmax + focal, the mean over the last "
+              f"{records.describe(everything, 'settings.train.log_every')} logged steps (round robin over the "
+              "domains), '-' where the run's log was not kept. Every length has its own cosine learning-rate decay "
+              "to zero.", "", records.environment_summary(everything)]
+    return "\n".join(lines)
 
 
 def parse_args(argv=None):
@@ -254,6 +280,8 @@ def parse_args(argv=None):
     p.add_argument("--readme", default=str(HERE / "README.md"), help="file that --write rewrites (panels/ beside it)")
     p.add_argument("--section", default="results", help="README section (<!-- NAME:begin/end -->) that --write replaces")
     p.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
+    p.add_argument("--lengths", type=int, nargs="+", metavar="STEPS",
+                   help="tabulate the finished runs of these --steps values side by side (other settings as given)")
     p.add_argument("--write", action="store_true", help="replace the section in the README, write panels/")
     return p.parse_args(argv)
 
@@ -266,18 +294,21 @@ def main(argv=None) -> None:
                 run_mode(mode, seed, args)
             if not args.no_add:
                 run_add_domain(seed, args)
-    runs = records.find(run_root(args))
-    if not runs:
-        raise SystemExit(f"no finished runs under {run_root(args)}")
     readme = Path(args.readme)
-    prefix = "" if args.section == "results" else f"{args.section}-"
-    out_dir = readme.parent / "panels" if args.write else None
-    text = report(runs, args, out_dir)
-    if prefix and out_dir is not None:
-        text = text.replace("](panels/", f"](panels/{prefix}")
-        for png in out_dir.glob("*.png"):
-            if not png.name.startswith(prefix) and png.stem in [*MODES, ADD]:
-                png.rename(out_dir / f"{prefix}{png.name}")
+    if args.lengths:
+        roots = {steps: run_root(argparse.Namespace(**{**vars(args), "steps": steps})) for steps in args.lengths}
+        by_steps = {steps: [records.with_train_log(r, LOGGED) for r in records.find(root) if r["variant"] in MODES]
+                    for steps, root in roots.items()}
+        by_steps = {steps: runs for steps, runs in by_steps.items() if runs}
+        if not by_steps:
+            raise SystemExit(f"no finished runs under {', '.join(map(str, roots.values()))}")
+        text = lengths_table(by_steps)
+    else:
+        runs = [records.with_train_log(r, LOGGED) for r in records.find(run_root(args))]
+        if not runs:
+            raise SystemExit(f"no finished runs under {run_root(args)}")
+        prefix = "" if args.section == "results" else f"{args.section}-"
+        text = report(runs, args, readme.parent / "panels" if args.write else None, prefix)
     print(text)
     if args.write:
         records.write_section(readme, args.section, text)

@@ -32,6 +32,7 @@ registration_run = _load("registration_run", EXPERIMENTS / "registration_opt" / 
 ice_run = _load("ice_run", EXPERIMENTS / "ice" / "run.py")
 point2_run = _load("point2_run", EXPERIMENTS / "registration" / "run.py")
 di2in_an_run = _load("di2in_an_run", EXPERIMENTS / "di2in_an" / "run.py")
+u2net_run = _load("u2net_run", EXPERIMENTS / "u2net" / "run.py")
 
 ENV = {"machine": {"cpu": "Test CPU 9000", "cores": 7, "platform": "TestOS", "arch": "x", "python": "3",
                    "load_avg": [1.5, 1.0, 1.0]},
@@ -218,13 +219,13 @@ def test_di2in_table_comes_from_the_records():
     assert "Test CPU 9000" in text and "no GPU" not in text
 
 
-def _di2in_an_records():
-    """Both variants x 2 sizes x 3 seeds; DI2IN-AN's ASD mean is 0.1 + 0.05 s mm below DI2IN's."""
+def _di2in_an_records(variants=("di2in", "di2in_an"), sizes=(16, 64)):
+    """`variants` x `sizes` x 3 seeds; every critic variant's ASD mean is 0.1 + 0.05 s mm below DI2IN's."""
     rows = []
-    for n in (16, 64):
+    for n in sizes:
         for seed in (0, 1, 2):
-            for variant in ("di2in", "di2in_an"):
-                base = 3.0 - n / 64 + 0.1 * seed - (0.1 + 0.05 * seed) * (variant == "di2in_an")
+            for variant in variants:
+                base = 3.0 - n / 64 + 0.1 * seed - (0.1 + 0.05 * seed) * (variant != "di2in")
                 metrics = {"asd_mean": base, "asd_std": 1.0, "asd_max": 5.0, "asd_median": base, "dice": 0.9,
                            "missing_asd_mean": base + 1, "missing_asd_max": 6.0, "normal_asd_mean": base - 0.5,
                            "real_dice": 0.7, "real_asd": 4.0}
@@ -244,11 +245,42 @@ def test_di2in_an_table_comes_from_the_records(tmp_path):
     assert "hard-mask critic" not in text, "a variant without runs has no row, no test and no critic line"
     assert "critic loss 0.0020" in text and "relative to the segmentation gradient 0.060" in text
     assert "2.38 → 2.09 mm with 400 training volumes" in text and "Test CPU 9000" in text
+    ablation = di2in_an_run.table(_di2in_an_records() + _di2in_an_records(
+        ("di2in_an_hard", "di2in_an_image_hard"), sizes=(64,)))
+    assert ("- DI2IN-AN, hard-mask critic given the image − DI2IN-AN, hard-mask critic, 64 training cases: "
+            "ASD mean +0.00 ± 0.00 mm") in ablation, "the image-conditioned critic is paired with the same critic"
+    assert "given the image − DI2IN-AN, hard-mask critic, 16" not in ablation
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"split": "train", "d_loss": 0.5, "g_adv": 1.0}\n{"split": "val", "d_loss": 9.0}\n'
                    '{"split": "train", "d_loss": 0.25, "seg_loss": 0.3}\n')
-    assert di2in_an_run.last_train_log(tmp_path) == {"d_loss": 0.25, "seg_loss": 0.3}
-    assert di2in_an_run.last_train_log(tmp_path / "absent") == {}
+    assert records.last_train_log(tmp_path, di2in_an_run.LOGGED) == {"d_loss": 0.25, "seg_loss": 0.3}
+    assert records.last_train_log(tmp_path / "absent", di2in_an_run.LOGGED) == {}
+
+
+def _u2net_records(steps: int, modes=("independent", "universal")) -> list[dict]:
+    """Runs of `modes` x 3 seeds; universal's mean Dice is 0.1 + 0.01 s below independent's."""
+    domains = ["a", "b"]
+    rows = []
+    for seed in (0, 1, 2):
+        for mode in modes:
+            dice = 0.8 + 0.02 * seed - (0.1 + 0.01 * seed) * (mode == "universal")
+            metrics = {"dice": dice, "dice_a": dice, "dice_b": dice, "params_per_domain": 10.0,
+                       "per_domain_pct": 1.0, "per_domain_pct_paper_widths": 0.5}
+            rows.append(_record("u2net", mode, seed, {"seed": seed, "train": {"steps": steps}}, metrics,
+                                train_log={"loss": 0.5 if mode == "universal" else 0.25},
+                                data={"domains": domains, "n_train_per_domain": 8, "n_test_per_domain": 4}))
+    return rows
+
+
+def test_u2net_tables_come_from_the_records():
+    text = u2net_run.lengths_table({1200: _u2net_records(1200), 300: _u2net_records(300, ("independent",))})
+    lines = text.splitlines()
+    assert lines[2] == "| 300 (150) | 0.820 ± 0.020 | not run | not run | no common seeds | 0.250 ± 0.000 / - / - |"
+    assert lines[3].startswith("| 1200 (600) | 0.820 ± 0.020 | not run | 0.710 ± 0.010 | -0.110 ± 0.010 (n = 3,")
+    assert lines[3].endswith("| 0.250 ± 0.000 / - / 0.500 ± 0.000 |") and "Test CPU 9000" in text
+    pairs = u2net_run.comparisons(_u2net_records(300))
+    assert len(pairs) == 1 and pairs[0].startswith("- mean Dice, universal − independent: -0.110"), \
+        "a pair with a mode that was not run is left out"
 
 
 def test_registration_table_comes_from_the_records():
