@@ -43,6 +43,7 @@ DIMS = 2  # set from --dims in main() before anything is built
 YNN = "ynn"
 XLA3D = "xla-conv3d"  # the 3-D variant with lax.conv_general_dilated in place of kfjax.nn.conv3d
 TAPS = "taps"  # the 3-D variant with kfjax.nn.conv3d's tap sum at depth stride 1 too (its form before stacking)
+AUTOGRAD = "autograd"  # the 3-D variant with the stacked form's shifted sum differentiated by JAX, not by hand
 
 
 def shape(key: str):
@@ -65,8 +66,9 @@ def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
     """Build and compile the kfjax step: (run_one_step, first_call_s, n_params, numpy init params, loss,
     XLA temp bytes per sample).
 
-    variant: "" (kfjax as it ships), YNN (XLA's default CPU convolutions), XLA3D (XLA's own 3-D convolutions)
-    or TAPS (one 2-D convolution per depth tap, summed, also at depth stride 1).
+    variant: "" (kfjax as it ships), YNN (XLA's default CPU convolutions), XLA3D (XLA's own 3-D convolutions),
+    TAPS (one 2-D convolution per depth tap, summed, also at depth stride 1) or AUTOGRAD (the stacked form with
+    JAX's own gradient of its shifted sum in place of the hand-written one).
     """
     import flax.linen as nn
     import jax
@@ -80,9 +82,11 @@ def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
 
     model = UNet(out_channels=1, channels=shape("channels"), norm="group", act="relu", upsample=upsample)
     blocks.Conv = nn.Conv if variant == XLA3D else conv3d.Conv  # read when the model traces
-    stacked = conv3d._stacked
+    stacked, tap_sum = conv3d._stacked, conv3d._shifted_tap_sum
     if variant == TAPS:
         conv3d._stacked = lambda x, rhs, conv2d: conv3d._taps(x, rhs, 1, 1, conv2d)
+    if variant == AUTOGRAD:
+        conv3d._shifted_tap_sum = tap_sum.fun  # the same function without its custom gradient
     params = model.init(jax.random.key(SEED), x[:1])["params"]
     host_params = jax.tree.map(np.asarray, params)
 
@@ -109,7 +113,7 @@ def kfjax_variant(upsample: str, variant: str, x: np.ndarray, y: np.ndarray):
 
     t0 = time.perf_counter()
     compiled = train_step.lower(holder["state"], batch).compile()
-    blocks.Conv, conv3d._stacked = conv3d.Conv, stacked
+    blocks.Conv, conv3d._stacked, conv3d._shifted_tap_sum = conv3d.Conv, stacked, tap_sum
 
     def run() -> float:
         holder["state"], metrics = compiled(holder["state"], batch)
@@ -306,9 +310,11 @@ def report(args, results, rows, threads, losses) -> str:
             "step with `KFJAX_CPU_YNN=1`, XLA's default convolutions" if DIMS == 2 else
             f"- shapes: channels {shape('channels')}, batch {shape('batch')} of {shape('size')}^3 x 1; kfjax = "
             "the step as `make_train_step` compiles it, 3-D convolutions as 2-D ones (`kfjax.nn.conv3d`: at "
-            f"depth stride 1 one 2-D convolution with the depth taps stacked on its outputs); kfjax {TAPS} = the "
-            "same step with one 2-D convolution per depth tap on the planes it reads, summed (kfjax's form before "
-            f"the stacked one); kfjax {XLA3D} = the same step with XLA's own 3-D convolution"]
+            f"depth stride 1 one 2-D convolution with the depth taps stacked on its outputs, the shifted sum of "
+            f"the taps with a hand-written gradient); kfjax {AUTOGRAD} = the same with JAX's own gradient of that "
+            f"sum; kfjax {TAPS} = the same step with one 2-D convolution per depth tap on the planes it reads, "
+            f"summed (kfjax's form before the stacked one); kfjax {XLA3D} = the same step with XLA's own 3-D "
+            "convolution"]
     return "\n".join(out)
 
 
@@ -352,7 +358,7 @@ def main() -> None:
     x, y = make_data()
     variants, results, losses = {}, {}, {}
     for up in args.upsample:
-        others = [YNN] if DIMS == 2 else [TAPS, XLA3D]
+        others = [YNN] if DIMS == 2 else [AUTOGRAD, TAPS, XLA3D]
         for name, variant in ((f"kfjax {up}", ""), *((f"kfjax {o} {up}", o) for o in others)):
             run, first, n_jax, params, loss, temp = kfjax_variant(up, variant, x, y)
             variants[name], results[name] = run, {"first": first, "temp": temp}
@@ -367,7 +373,7 @@ def main() -> None:
         results[name]["times"] = times
     rows = [] if args.no_scaling else scaling(args)
     loss_text = ", ".join(f"{k} {v:.5f}" for k, v in losses.items()
-                          if not any(o in k for o in (YNN, TAPS, XLA3D)))
+                          if not any(o in k for o in (YNN, AUTOGRAD, TAPS, XLA3D)))
     text = report(args, results, rows, threads, loss_text)
     print(text)
     if args.write:

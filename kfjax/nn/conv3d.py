@@ -10,7 +10,9 @@ same result (summed in another order: equal up to float rounding) and the same p
   on the output channels, z = conv2d(x_pad, [w[0] | w[1] | ...]), then y[d] = Σ_k z[d + k, tap k]. No input
   plane is sliced, so the weight gradient transposes x_pad as it is; slicing planes for each tap made XLA fuse
   the slice into that transpose, a strided loop several times slower than the transpose alone
-  (benchmarks/README.md, "3-D U-Net step").
+  (benchmarks/README.md, "3-D U-Net step"). The shifted sum's gradient is written by hand (one stack of
+  shifted copies), so its backward pass is one pass over z, not k_D (reverse mode: `jax.grad`, `jax.vjp`;
+  forward mode, `jax.jvp`, is not defined for it).
 - other depth strides and grouped convolutions (`taps`): one 2-D convolution per depth tap on the planes it
   reads, summed.
 
@@ -87,12 +89,37 @@ def _stacked(x, rhs, conv2d):
     b, d, h, w, _ = x.shape
     stacked = rhs.transpose(1, 2, 3, 0, 4).reshape(kh, kw, c_in, taps * c_out)  # channel k * C_out + o
     z = conv2d(x.reshape(b * d, h, w, c_in), stacked)
-    z = z.reshape(b, d, *z.shape[1:3], taps, c_out)
-    d_out = d - taps + 1
+    return _shifted_tap_sum(z.reshape(b, d, *z.shape[1:3], taps, c_out))
+
+
+@jax.custom_vjp
+def _shifted_tap_sum(z):
+    """z (B, D_pad, H, W, k_D, C) -> (B, D_pad - k_D + 1, H, W, C): out[:, d] = Σ_k z[:, d + k, ..., k, :].
+
+    Its gradient is written by hand (`_shifted_tap_sum_bwd`) as one stack of shifted copies of the output's
+    gradient; the automatic one is k_D zero-padded arrays of z's size summed, which XLA computed as k_D
+    separate passes, each repeating the producer of the output's gradient (e.g. a norm's backward)."""
+    taps = z.shape[4]
+    d_out = z.shape[1] - taps + 1
     out = z[:, :d_out, :, :, 0]
     for k in range(1, taps):
         out = out + z[:, k:k + d_out, :, :, k]
     return out
+
+
+def _shifted_tap_sum_fwd(z):
+    return _shifted_tap_sum(z), z.shape[4]
+
+
+def _shifted_tap_sum_bwd(taps, g):
+    """g (B, D', H, W, C) -> dz (B, D' + k_D - 1, H, W, k_D, C), dz[:, p, ..., k, :] = g[:, p - k] (0 outside)."""
+    widths = ((0, 0), (taps - 1, taps - 1), (0, 0), (0, 0), (0, 0))
+    g_pad = jax.numpy.pad(g, widths)
+    d_pad = g.shape[1] + taps - 1
+    return (jax.numpy.stack([g_pad[:, taps - 1 - k:taps - 1 - k + d_pad] for k in range(taps)], axis=4),)
+
+
+_shifted_tap_sum.defvjp(_shifted_tap_sum_fwd, _shifted_tap_sum_bwd)
 
 
 def _taps(x, rhs, depth_stride: int, groups: int, conv2d):

@@ -94,3 +94,21 @@ def test_dilated_height_and_width_equal_lax():
                                    atol=1e-12)
         assert _conv_ranks(lambda x: conv_general_dilated(x, w, (1, 1, 1), "SAME", **kwargs), x) == [2]
 
+
+
+def test_second_order_gradient_through_the_hand_written_tap_sum_gradient_equals_lax():
+    """The stacked form's tap sum has its gradient written by hand; that gradient is itself differentiable."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(2)
+        x, w = jnp.asarray(rng.normal(size=(1, 5, 6, 6, 2))), jnp.asarray(rng.normal(size=(3, 3, 3, 2, 3)))
+
+        def grad_norm(conv):
+            def loss(x, w):
+                return jnp.sum(jnp.tanh(conv(x, w, (1, 1, 1), "SAME", dimension_numbers=DN)))
+            return lambda x, w: jnp.sum(jax.grad(loss, argnums=1)(x, w) ** 2)
+
+        ours = jax.jit(jax.grad(grad_norm(conv_general_dilated), argnums=(0, 1)))(x, w)
+        ref = jax.grad(grad_norm(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
+        assert _conv_ranks(lambda x: conv_general_dilated(x, w, (1, 1, 1), "SAME", dimension_numbers=DN), x) == [2]
+        for a, b in zip(ours, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
