@@ -16,7 +16,7 @@ Each (variant, size, seed) run saves its run record (`record.json`: settings, se
 versions, git commit, summary metrics and the per-case values) and the panel cases' predictions
 (`panel.npz`) in `runs/<recipe>/<variant>-n<N>-s<seed>/` (checkpoints in `work/`, not kept in git). Finished
 runs are reused. The table, paired tests and footer are built from the records only; `--write` puts them
-into README.md (section "results") and the per-method panels into `panels/`.
+into README.md (section `--section`, default "results") and the per-method panels into `panels/`.
 """
 
 from __future__ import annotations
@@ -182,9 +182,10 @@ def table(runs: list[dict]) -> str:
             cells += [_cell(runs, v, n, k) for k in ("missing_asd_mean", "missing_asd_max", "normal_asd_mean")]
             cells += [_cell(runs, v, n, "real_dice", 3), _cell(runs, v, n, "real_asd")]
             lines.append(f"| {n} | {LABELS[v]} | " + " | ".join(cells) + " |")
+    with_image = any(r["variant"] == "di2in_an_image_hard" for r in runs)
     lines += ["", "Paired differences over seeds, a variant with a critic − DI2IN (negative = the shape prior lowers "
-              "the distance) and the image-conditioned critic − the same critic without the image; two-sided "
-              "paired t-test:", ""]
+              "the distance)" + (" and the image-conditioned critic − the same critic without the image"
+                                 if with_image else "") + "; two-sided paired t-test:", ""]
     for v, base in PAIRS:
         for n in sizes:
             if not (_by_seed(runs, v, n, "asd_mean") and _by_seed(runs, base, n, "asd_mean")):
@@ -237,8 +238,9 @@ def footer(runs: list[dict]) -> str:
             + records.environment_summary(runs))
 
 
-def panels(runs: list[dict], args, out_dir: Path) -> list[str]:
-    """One PNG per method: the missing-boundary panel cases of the largest size, first seed; truth vs prediction."""
+def panels(runs: list[dict], args, out_dir: Path, prefix: str = "") -> list[str]:
+    """One PNG per method (`panels/<prefix><variant>.png`): the missing-boundary panel cases of the largest size,
+    first seed; truth vs prediction."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,7 +268,7 @@ def panels(runs: list[dict], args, out_dir: Path) -> list[str]:
             ax.axis("off")
         fig.suptitle(f"{LABELS[v]}, {n} training cases, seed {seed}: truth (green), prediction (red); "
                      "missing-boundary cases (simulated)", fontsize=8)
-        path = out_dir / f"{v}.png"
+        path = out_dir / f"{prefix}{v}.png"
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         written.append(str(path))
@@ -291,7 +293,9 @@ def parse_args(argv=None):
     p.add_argument("--runs", help="folder of the runs (default: runs/ next to this script)")
     p.add_argument("--readme", default=str(HERE / "README.md"), help="file that --write rewrites (panels/ beside it)")
     p.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
-    p.add_argument("--write", action="store_true", help="replace the results section of the README, write panels/")
+    p.add_argument("--section", default="results", help="README section (<!-- NAME:begin/end -->) that --write "
+                   "replaces; panels of another section are named NAME-<variant>.png")
+    p.add_argument("--write", action="store_true", help="replace the section in the README, write panels/")
     return p.parse_args(argv)
 
 
@@ -313,11 +317,12 @@ def main(argv=None) -> None:
     print(text)
     if args.write:
         readme = Path(args.readme)
-        if not readme.exists():  # another file (a smoke run): start it with an empty results section
+        if not readme.exists():  # another file (a smoke run): start it with an empty section
             readme.parent.mkdir(parents=True, exist_ok=True)
-            readme.write_text("# DI2IN vs DI2IN-AN\n\n<!-- results:begin -->\n<!-- results:end -->\n")
-        written = panels(runs, args, readme.resolve().parent / "panels")
-        records.write_section(readme, "results", text)
+            readme.write_text(f"# DI2IN vs DI2IN-AN\n\n<!-- {args.section}:begin -->\n<!-- {args.section}:end -->\n")
+        prefix = "" if args.section == "results" else f"{args.section}-"
+        written = panels(runs, args, readme.resolve().parent / "panels", prefix)
+        records.write_section(readme, args.section, text)
         print("wrote", args.readme, *written, file=sys.stderr)
 
 
