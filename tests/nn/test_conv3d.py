@@ -95,7 +95,6 @@ def test_dilated_height_and_width_equal_lax():
         assert _conv_ranks(lambda x: conv_general_dilated(x, w, (1, 1, 1), "SAME", **kwargs), x) == [2]
 
 
-
 def test_second_order_gradient_through_the_hand_written_tap_sum_gradient_equals_lax():
     """The stacked form's tap sum has its gradient written by hand; that gradient is itself differentiable."""
     with jax.enable_x64(True):
